@@ -1,0 +1,72 @@
+# clad-edge: every target installs what it needs first, so a fresh clone needs only `make demo` / `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# onnx2tf shells out to the `onnxsim` command: the venv's bin/ must be on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+DATA ?= data/demo
+RUN ?= runs/demo
+OUT ?= bundles/demo
+BUNDLE ?= $(OUT)
+PI ?=
+
+.PHONY: help install data train convert bench demo test test-fast lint deploy test-arm clean
+
+help:
+	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
+	@echo "make test      install and run the whole test suite (unit + end-to-end)"
+	@echo "make install   create $(VENV) with pinned versions (idempotent)"
+	@echo "make data      build the demo corpus in $(DATA)"
+	@echo "make train     train CLAD on the demo corpus into $(RUN)"
+	@echo "make convert   $(RUN) -> ONNX, fp32 + int8 TFLite, parity gate, bundle in $(OUT)"
+	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE)"
+	@echo "make deploy PI=user@host   copy device/ and $(BUNDLE) to a Raspberry Pi and install it"
+	@echo "make test-arm  run the device runtime under emulated aarch64 (Cortex-A72/A76)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/install-system-deps.sh
+	./scripts/install-system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[device,train,convert,dev]"
+	touch $@
+
+data: $(STAMP)
+	$(PY) -m train.demo_corpus --out $(DATA)
+
+train: $(STAMP)
+	$(PY) -m train --format asvspoof2019 --root $(DATA)/LA --name $(notdir $(RUN)) --runs-dir $(dir $(RUN))
+
+convert: $(STAMP)
+	$(PY) -m convert --run $(RUN) --out $(OUT)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks --bundle $(BUNDLE)
+
+demo: $(STAMP)
+	./scripts/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+deploy:
+	@test -n "$(PI)" || { echo "usage: make deploy PI=user@host [BUNDLE=bundles/demo]"; exit 2; }
+	./scripts/deploy.sh "$(PI)" "$(BUNDLE)"
+
+test-arm: $(STAMP)
+	./scripts/test-arm.sh
+
+clean:
+	rm -rf runs bundles data benchmarks/results/*.json benchmarks/results/*.png

@@ -1,0 +1,396 @@
+"""The one audio front end of clad-edge.
+
+Training, calibration, evaluation, benchmarks and the live device all call these
+functions, so the numbers a model sees are the same everywhere:
+
+    decode -> downmix to mono -> resample to 16 kHz (scipy resample_poly) -> float32
+           -> cut into windows (window_samples, hop_samples)
+           -> silence gate on the raw window (RMS in dBFS below a floor)
+           -> normalize each window (remove DC, scale the peak to 1.0)
+
+Only numpy, scipy and soundfile are used: this module runs on the Pi.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import firwin, resample_poly, upfirdn
+
+SAMPLE_RATE = 16000
+"""The model's sample rate in Hz. Every stage resamples to it."""
+
+DEFAULT_SILENCE_FLOOR_DBFS = -50.0
+"""Windows whose RMS (before normalization) is below this are silence, not scored."""
+
+NORMALIZATION_RULE = "per-window: subtract the mean, then divide by the peak |x| (peak -> 1.0)"
+"""Human-readable statement of `normalize_windows`, written into the model bundle."""
+
+_PEAK_EPSILON = 1e-8
+
+
+class AudioError(ValueError):
+    """An audio file or buffer that cannot be used, with the file and the problem named."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file held before the front end touched it."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _describe_bytes(data: bytes) -> str:
+    head = data[:12]
+    if not data:
+        return "the file is empty (0 bytes)"
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
+    return f"{len(data)} bytes starting with {printable!r}"
+
+
+def _check_riff_complete(path: Path, data: bytes) -> None:
+    """Refuse a RIFF/WAVE file whose data chunk is shorter than its header says.
+
+    libsndfile quietly reads what is there from a truncated WAV; a truncated file in a
+    dataset is a broken file, so say so instead of scoring half of it.
+    """
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+        return
+    if data[:4] == b"RF64":
+        return  # sizes live in the ds64 chunk; libsndfile checks those itself
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        (chunk_bytes,) = struct.unpack("<I", data[offset + 4 : offset + 8])
+        body_start = offset + 8
+        if chunk_id == b"data":
+            available = len(data) - body_start
+            if chunk_bytes != 0xFFFFFFFF and available < chunk_bytes:
+                raise AudioError(
+                    path,
+                    f"truncated WAV: header promises {chunk_bytes} bytes of audio, "
+                    f"only {available} are present",
+                )
+            return
+        offset = body_start + chunk_bytes + (chunk_bytes & 1)
+    raise AudioError(path, "WAV file has no data chunk (truncated or not audio)")
+
+
+def read_info(path: str | Path) -> AudioInfo:
+    """Sample rate, channels, frames and codec of a file, without decoding it."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise AudioError(path, f"not a readable audio file ({error})") from error
+    return AudioInfo(
+        path=str(path),
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+        format=str(info.format),
+        subtype=str(info.subtype),
+    )
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode any file libsndfile reads (WAV of any sample format, FLAC, OGG, MP3...).
+
+    The container is recognised from the bytes, not the file name, so a ".wav" that
+    holds FLAC loads. Returns float32 samples shaped (frames, channels) and the rate.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise AudioError(path, "file not found") from error
+    except IsADirectoryError as error:
+        raise AudioError(path, "expected an audio file, got a directory") from error
+    except OSError as error:
+        raise AudioError(path, f"cannot read the file ({error.strerror})") from error
+    if not data:
+        raise AudioError(path, "the file is empty (0 bytes); expected audio")
+    _check_riff_complete(path, data)
+    try:
+        samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(
+            path,
+            f"not a readable audio file: expected WAV, FLAC, OGG or MP3, got "
+            f"{_describe_bytes(data)} ({error})",
+        ) from error
+    return _validated(samples, int(sample_rate), path)
+
+
+def _validated(samples: np.ndarray, sample_rate: int, source: str | Path) -> np.ndarray:
+    if sample_rate <= 0:
+        raise AudioError(source, f"expected a positive sample rate, got {sample_rate} Hz")
+    if samples.size == 0 or samples.shape[0] == 0:
+        raise AudioError(
+            source, f"no audio samples: 0 frames at {sample_rate} Hz (expected at least one)"
+        )
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(samples.size - np.count_nonzero(finite))
+        nan = int(np.count_nonzero(np.isnan(samples)))
+        raise AudioError(
+            source,
+            f"{bad} of {samples.size} samples are not finite ({nan} NaN, {bad - nan} infinite); "
+            "expected real-valued audio",
+        )
+    return samples
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of a (frames, channels) array into (frames,)."""
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise ValueError(f"expected (frames,) or (frames, channels) audio, got shape {samples.shape}")
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resample_ratio(from_rate: int, to_rate: int = SAMPLE_RATE) -> tuple[int, int]:
+    """(up, down) for resample_poly, reduced by their gcd."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate} Hz")
+    g = math.gcd(int(from_rate), int(to_rate))
+    return int(to_rate) // g, int(from_rate) // g
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono audio with scipy's polyphase filter (Kaiser window, as scipy's default)."""
+    up, down = resample_ratio(from_rate, to_rate)
+    if up == down == 1:
+        return np.asarray(samples, dtype=np.float32)
+    out = resample_poly(np.asarray(samples, dtype=np.float64), up, down)
+    return out.astype(np.float32)
+
+
+class StreamingResampler:
+    """Chunk-by-chunk resampling that reproduces `resample()` on the whole signal.
+
+    `resample_poly` is one FIR filter applied with `upfirdn` to the zero-padded
+    signal. This class applies the very same filter to a buffer that keeps just the
+    history it needs, and emits each output sample once all its inputs have arrived,
+    so a live microphone sees the numbers a file would. `flush()` pads with zeros
+    like `resample_poly` does at the end.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int = SAMPLE_RATE) -> None:
+        self.from_rate = int(from_rate)
+        self.to_rate = int(to_rate)
+        self.up, self.down = resample_ratio(from_rate, to_rate)
+        self._identity = self.up == self.down == 1
+        if self._identity:
+            return
+        # The filter scipy.signal.resample_poly builds (scipy >= 1.4, window=("kaiser", 5.0)).
+        max_rate = max(self.up, self.down)
+        half_len = 10 * max_rate
+        taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        n_pre_pad = self.down - half_len % self.down
+        self._taps = np.concatenate([np.zeros(n_pre_pad), taps])
+        self._n_pre_remove = (half_len + n_pre_pad) // self.down
+        self._buffer = np.zeros(0, dtype=np.float64)
+        self._buffer_start = 0  # absolute input index of _buffer[0]; always a multiple of down
+        self._inputs_seen = 0
+        self._outputs_done = 0  # output samples emitted so far
+
+    def _first_input_needed(self, output_index: int) -> int:
+        """Lowest input sample that output `output_index` depends on."""
+        i_full = output_index + self._n_pre_remove
+        lowest_upsampled = i_full * self.down - (len(self._taps) - 1)
+        return max(0, -(-lowest_upsampled // self.up))
+
+    def _last_input_needed(self, output_index: int) -> int:
+        i_full = output_index + self._n_pre_remove
+        return (i_full * self.down) // self.up
+
+    def _emit(self, last_output: int) -> np.ndarray:
+        """Outputs [_outputs_done, last_output) from the buffer."""
+        if last_output <= self._outputs_done:
+            return np.zeros(0, dtype=np.float32)
+        full = upfirdn(self._taps, self._buffer, self.up, self.down)
+        offset = self._buffer_start * self.up // self.down  # full-signal index of full[0]
+        start = self._outputs_done + self._n_pre_remove - offset
+        stop = last_output + self._n_pre_remove - offset
+        out = full[start:stop]
+        self._outputs_done = last_output
+        # Drop input no longer needed, keeping the buffer start on a multiple of `down`.
+        keep_from = self._first_input_needed(self._outputs_done)
+        keep_from -= keep_from % self.down
+        if keep_from > self._buffer_start:
+            self._buffer = self._buffer[keep_from - self._buffer_start :]
+            self._buffer_start = keep_from
+        return out.astype(np.float32)
+
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed mono samples at `from_rate`; returns the 16 kHz samples now complete."""
+        chunk = np.asarray(chunk, dtype=np.float64).reshape(-1)
+        if self._identity:
+            return chunk.astype(np.float32)
+        self._buffer = np.concatenate([self._buffer, chunk])
+        self._inputs_seen += chunk.size
+        # The largest output whose last needed input has arrived.
+        last_ready = self._outputs_done
+        # Invert _last_input_needed: (m + pre) * down // up <= inputs_seen - 1.
+        bound = ((self._inputs_seen - 1) * self.up + self.up - 1) // self.down - self._n_pre_remove
+        last_ready = max(last_ready, bound + 1)
+        return self._emit(last_ready)
+
+    def flush(self) -> np.ndarray:
+        """The remaining outputs, as resample_poly computes them at the end of a signal."""
+        if self._identity:
+            return np.zeros(0, dtype=np.float32)
+        total = -(-self._inputs_seen * self.up // self.down)  # ceil(n * up / down)
+        self._buffer = np.concatenate([self._buffer, np.zeros(len(self._taps))])
+        return self._emit(total)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode a file to mono float32 at `sample_rate` (16 kHz): the model's input signal."""
+    samples, file_rate = decode(path)
+    mono = to_mono(samples)
+    return resample(mono, file_rate, sample_rate)
+
+
+def pcm16_to_float(data: bytes, channels: int = 1) -> np.ndarray:
+    """Raw little-endian int16 PCM (a microphone, stdin) to (frames, channels) float32."""
+    if channels < 1:
+        raise ValueError(f"expected at least 1 channel, got {channels}")
+    frame_bytes = 2 * channels
+    usable = len(data) - len(data) % frame_bytes
+    pcm = np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+    return pcm.reshape(-1, channels)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_starts(num_samples: int, window_samples: int, hop_samples: int) -> np.ndarray:
+    """Start index of every window of a signal of `num_samples`.
+
+    Windows start every `hop_samples`; when the last one stops short of the end, one
+    more window is aligned to the end so the tail is scored too. A signal shorter than
+    one window gives one window at 0 (zero-padded by `frame`).
+    """
+    if window_samples <= 0 or hop_samples <= 0:
+        raise ValueError(
+            f"window and hop must be positive, got window_samples={window_samples}, "
+            f"hop_samples={hop_samples}"
+        )
+    if num_samples <= window_samples:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, num_samples - window_samples + 1, hop_samples, dtype=np.int64)
+    if starts[-1] + window_samples < num_samples:
+        starts = np.append(starts, num_samples - window_samples)
+    return starts
+
+
+def frame(signal: np.ndarray, window_samples: int, hop_samples: int) -> np.ndarray:
+    """Cut a mono signal into (windows, window_samples) float32, zero-padding a short one."""
+    signal = np.asarray(signal, dtype=np.float32).reshape(-1)
+    if signal.size < window_samples:
+        signal = np.pad(signal, (0, window_samples - signal.size))
+    starts = window_starts(signal.size, window_samples, hop_samples)
+    index = starts[:, None] + np.arange(window_samples)[None, :]
+    return signal[index]
+
+
+def window_rms_dbfs(windows: np.ndarray) -> np.ndarray:
+    """RMS level of each window (last axis) in dB relative to full scale (1.0)."""
+    windows = np.asarray(windows, dtype=np.float64)
+    rms = np.sqrt(np.mean(np.square(windows), axis=-1))
+    return (20.0 * np.log10(np.maximum(rms, 1e-10))).astype(np.float32)
+
+
+def is_silent(windows: np.ndarray, floor_dbfs: float = DEFAULT_SILENCE_FLOOR_DBFS) -> np.ndarray:
+    """True where a raw (un-normalized) window is below the energy floor."""
+    return window_rms_dbfs(windows) < floor_dbfs
+
+
+def normalize_windows(windows: np.ndarray) -> np.ndarray:
+    """Per window: subtract the mean, scale the peak to 1.0 (see NORMALIZATION_RULE).
+
+    Full-int8 input has a step of about 1/128: un-normalized quiet speech would
+    quantize to zeros. Digital silence stays all zeros.
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    centred = windows - windows.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    peak = np.max(np.abs(centred), axis=-1, keepdims=True)
+    return (centred / np.maximum(peak, _PEAK_EPSILON)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A signal cut into model windows: what every scorer consumes."""
+
+    normalized: np.ndarray  # (windows, window_samples) float32, peak 1.0
+    silent: np.ndarray  # (windows,) bool, below the energy floor before normalization
+    rms_dbfs: np.ndarray  # (windows,) float32
+    starts: np.ndarray  # (windows,) int64 sample index at 16 kHz
+    num_samples: int  # length of the 16 kHz signal
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / SAMPLE_RATE
+
+
+def windows_from_signal(
+    signal: np.ndarray,
+    window_samples: int,
+    hop_samples: int,
+    silence_floor_dbfs: float = DEFAULT_SILENCE_FLOOR_DBFS,
+) -> Windows:
+    """16 kHz mono signal -> normalized windows with their silence flags."""
+    signal = np.asarray(signal, dtype=np.float32).reshape(-1)
+    raw = frame(signal, window_samples, hop_samples)
+    rms = window_rms_dbfs(raw)
+    return Windows(
+        normalized=normalize_windows(raw),
+        silent=rms < silence_floor_dbfs,
+        rms_dbfs=rms,
+        starts=window_starts(max(signal.size, window_samples), window_samples, hop_samples),
+        num_samples=int(signal.size),
+    )
+
+
+def windows_from_file(
+    path: str | Path,
+    window_samples: int,
+    hop_samples: int,
+    silence_floor_dbfs: float = DEFAULT_SILENCE_FLOOR_DBFS,
+) -> Windows:
+    """Decode, downmix, resample and window a file, exactly as the device does."""
+    return windows_from_signal(load_audio(path), window_samples, hop_samples, silence_floor_dbfs)
