@@ -169,7 +169,9 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     if samples.ndim == 1:
         return samples
     if samples.ndim != 2:
-        raise ValueError(f"expected (frames,) or (frames, channels) audio, got shape {samples.shape}")
+        raise ValueError(
+            f"expected (frames,) or (frames, channels) audio, got shape {samples.shape}"
+        )
     if samples.shape[1] == 1:
         return samples[:, 0]
     return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
