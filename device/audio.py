@@ -142,7 +142,7 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
             f"not a readable audio file: expected WAV, FLAC, OGG or MP3, got "
             f"{_describe_bytes(data)} ({error})",
         ) from error
-    return _validated(samples, int(sample_rate), path)
+    return _validated(samples, int(sample_rate), path), int(sample_rate)
 
 
 def _validated(samples: np.ndarray, sample_rate: int, source: str | Path) -> np.ndarray:
