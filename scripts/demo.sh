@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on the built-in demo corpus, on a fresh machine.
+#   corpus -> train -> convert (parity gate) -> agent scores held-out files -> benchmark table
+# Every step is a make target you can run on its own; this script only sequences them
+# and prints where everything went.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-data/demo}
+RUN=${RUN:-runs/demo}
+OUT=${OUT:-bundles/demo}
+PY=.venv/bin/python
+started=$(date +%s)
+
+step() { printf '\n\033[1m== %s ==\033[0m\n' "$*"; }
+elapsed() { echo "$(( $(date +%s) - started ))s"; }
+
+step "1/5 demo corpus -> $DATA"
+make --no-print-directory data DATA="$DATA"
+
+step "2/5 train CLAD -> $RUN  ($(elapsed) so far)"
+make --no-print-directory train DATA="$DATA" RUN="$RUN"
+
+step "3/5 convert + parity gate -> $OUT  ($(elapsed) so far)"
+make --no-print-directory convert RUN="$RUN" OUT="$OUT"
+
+step "4/5 the device agent scores held-out eval files  ($(elapsed) so far)"
+protocol="$DATA/LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.eval.trl.txt"
+audio_dir="$DATA/LA/ASVspoof2019_LA_eval/flac"
+mapfile -t picks < <( { grep ' bonafide$' "$protocol" | head -n 3; grep ' spoof$' "$protocol" | head -n 3; } | awk '{print $2}')
+files=()
+for utt in "${picks[@]}"; do files+=("$audio_dir/$utt.flac"); done
+for utt in "${picks[@]}"; do
+  printf '  %-16s truth=%s\n' "$utt" "$(awk -v u="$utt" '$2==u {print $5}' "$protocol")"
+done
+"$PY" -m device score "${files[@]}" --bundle "$OUT" --json
+
+step "5/5 benchmark  ($(elapsed) so far)"
+make --no-print-directory bench BUNDLE="$OUT"
+
+step "done in $(elapsed)"
+cat <<SUMMARY
+  corpus      $DATA/LA            (counts and shortcut-cue check: $DATA/stats.json)
+  training    $RUN/               (metrics.json, best.pt, plots/, scores)
+  bundle      $OUT/               (manifest.json, model_int8.tflite, parity.json, plots/)
+  benchmarks  benchmarks/results/ (JSON + PNG)
+  next        .venv/bin/clad-agent listen --bundle $OUT --source mic
+SUMMARY
