@@ -14,7 +14,7 @@ OUT ?= bundles/demo
 BUNDLE ?= $(OUT)
 PI ?=
 
-.PHONY: help install data train convert bench demo test test-fast lint deploy test-arm clean
+.PHONY: help install data train convert bench demo test test-fast lint deploy test-arm device-venv tflite-venv clean
 
 help:
 	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE)"
 	@echo "make deploy PI=user@host   copy device/ and $(BUNDLE) to a Raspberry Pi and install it"
 	@echo "make test-arm  run the device runtime under emulated aarch64 (Cortex-A72/A76)"
+	@echo "make device-venv / tflite-venv   x86 venvs with only the device runtime (LiteRT / tflite-runtime)"
 
 install: $(STAMP)
 
@@ -67,6 +68,12 @@ deploy:
 
 test-arm: $(STAMP)
 	./scripts/test-arm.sh
+
+device-venv:
+	./scripts/device-venv.sh device
+
+tflite-venv:
+	./scripts/device-venv.sh tflite
 
 clean:
 	rm -rf runs bundles data benchmarks/results/*.json benchmarks/results/*.png
