@@ -186,7 +186,7 @@ def _parse_line(
     if path is None:
         return None
     return Item(
-        path=str(path),
+        path=path,
         label=key,
         speaker=fields[spec.speaker],
         attack=BONAFIDE_ATTACK if key == "bonafide" else attack,

@@ -81,31 +81,31 @@ def is_audio_name(name: str) -> bool:
     return name.lower().endswith(AUDIO_EXTENSIONS) and not name.startswith(".")
 
 
-def _extension_rank(name: str) -> int:
-    return AUDIO_EXTENSIONS.index(os.path.splitext(name)[1].lower())
-
-
 class AudioIndex:
     """The audio files of one or more folders by stem, listed once (fast on 10^5+ files)."""
 
     def __init__(self, folders: list[Path]) -> None:
         self.folders = folders
-        self._by_stem: dict[str, Path] = {}
+        self._by_stem: dict[str, tuple[int, str, str]] = {}  # stem -> (rank, name, path)
         for folder in folders:
             try:
                 entries = list(os.scandir(folder))
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for entry in sorted(entries, key=lambda e: e.name):
-                if not is_audio_name(entry.name) or not entry.is_file():
+            for entry in entries:
+                name = entry.name
+                if not is_audio_name(name) or not entry.is_file():
                     continue
-                stem = os.path.splitext(entry.name)[0]
+                stem, extension = os.path.splitext(name)
+                candidate = (AUDIO_EXTENSIONS.index(extension.lower()), name, entry.path)
                 known = self._by_stem.get(stem)
-                if known is None or _extension_rank(entry.name) < _extension_rank(known.name):
-                    self._by_stem[stem] = Path(entry.path)
+                if known is None or candidate < known:
+                    self._by_stem[stem] = candidate
 
-    def find(self, stem: str) -> Path | None:
-        return self._by_stem.get(stem)
+    def find(self, stem: str) -> str | None:
+        """The path of the audio file with this stem (.flac first, then .wav, .ogg, .mp3)."""
+        found = self._by_stem.get(stem)
+        return found[2] if found is not None else None
 
     def describe(self) -> str:
         parts = [str(f) if f.is_dir() else f"{f} (no such folder)" for f in self.folders]
