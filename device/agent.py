@@ -1,0 +1,256 @@
+"""The listening agent: a source, the stream pipeline, event sinks and the API, run together.
+
+    build_agent(settings) -> Agent;  Agent.run() -> exit status;  Agent.request_stop(reason)
+
+`run()` takes chunks from the source, scores every window they complete, records the
+result for /status and /metrics, and writes events (decision changes, heartbeats, and
+every window where asked). A stop request (SIGTERM/SIGINT, installed by the cli) is
+honoured after the current chunk's windows are scored: the events are flushed, the stream
+closed, and run() returns 0. The end of a finite source (a file, stdin) scores the tail
+windows a file of the same audio has and also returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Protocol
+
+from device.api import AgentState, ApiServer
+from device.audio import SAMPLE_RATE
+from device.config import Settings, parse_listen, require_token_if_exposed, resolve_token
+from device.events import (
+    EVENT_SCHEMA_VERSION,
+    EventFile,
+    FileSink,
+    StdoutSink,
+    utc_now_iso,
+)
+from device.runtime import Scorer
+from device.sources import END, FileSource, MicSource, Source, SourceError, StdinSource
+from device.stream import DecisionSettings, StreamPipeline, WindowResult
+
+log = logging.getLogger("device.agent")
+
+
+class Sink(Protocol):
+    def write(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def build_source(settings: Settings) -> Source:
+    s = settings.source
+    if s.kind == "file":
+        return FileSource(
+            s.path,
+            realtime=s.realtime,
+            chunk_ms=s.chunk_ms,
+            queue_chunks=s.queue_chunks,
+            max_seconds=s.max_seconds,
+        )
+    if s.kind == "stdin":
+        if not s.sample_rate:
+            raise SourceError("stdin: raw PCM has no header; give its sample rate with --rate")
+        return StdinSource(
+            s.sample_rate,
+            s.channels,
+            chunk_ms=s.chunk_ms,
+            queue_chunks=s.queue_chunks,
+            max_seconds=s.max_seconds,
+        )
+    return MicSource(
+        device=s.device or None,
+        sample_rate=s.sample_rate or None,
+        channels=s.channels,
+        chunk_ms=s.chunk_ms,
+        queue_chunks=s.queue_chunks,
+        backoff_initial_s=s.backoff_initial_s,
+        backoff_max_s=s.backoff_max_s,
+        max_seconds=s.max_seconds,
+    )
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Scorer,
+        source: Source,
+        sinks: list[Sink],
+        api: ApiServer | None,
+        state: AgentState,
+    ) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.source = source
+        self.sinks = sinks
+        self.api = api
+        self.state = state
+        d = settings.decision
+        self.pipeline = StreamPipeline(
+            scorer,
+            DecisionSettings(
+                threshold=scorer.threshold,
+                smoothing_windows=d.smoothing_windows,
+                margin=d.margin,
+                silence_windows=d.silence_windows,
+            ),
+        )
+        self.heartbeat_s = settings.events.heartbeat_s
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._last_event_s = time.monotonic()
+
+    def request_stop(self, reason: str) -> None:
+        """Ask run() to finish the current chunk and return (safe from a signal handler)."""
+        if not self._stop_reason:
+            self._stop_reason = reason
+        self._stop.set()
+
+    # ----------------------------------------------------------------- events
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(event)
+        if event["type"] != "window":
+            self._last_event_s = time.monotonic()
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {
+            "schema": EVENT_SCHEMA_VERSION,
+            "type": kind,
+            "time": utc_now_iso(),
+            "monotonic_s": round(time.monotonic(), 6),
+            "source": self.source.name,
+        }
+
+    def _window_event(self, kind: str, result: WindowResult | None) -> dict[str, Any]:
+        event = self._base(kind)
+        now = time.monotonic()
+        latency_ms = None if result is None else (now - result.arrival_s) * 1000.0
+        if result is not None:
+            event.update(
+                window=result.index,
+                start_s=round(result.start_s, 6),
+                p_spoof=result.p_spoof,
+                silent=result.silent,
+                rms_dbfs=round(result.rms_dbfs, 2),
+                smoothed=result.smoothed,
+                decision=result.decision,
+                previous=result.previous,
+            )
+        else:
+            event.update(decision=self.pipeline.decider.decision, smoothed=None)
+        event.update(
+            threshold=self.scorer.threshold,
+            inference_ms=None if result is None else round(result.inference_ms, 3),
+            latency_ms=None if latency_ms is None else round(latency_ms, 3),
+            overflows=self.source.stats.overflows,
+            windows_scored=self.pipeline.windows_scored,
+        )
+        if kind == "heartbeat":
+            event["source_state"] = self.source.stats.state
+        return event
+
+    def _handle(self, results: list[WindowResult]) -> None:
+        for result in results:
+            event = self._window_event("decision" if result.changed else "window", result)
+            self.state.record(result, event["latency_ms"])
+            self._emit(event)
+
+    def _maybe_heartbeat(self) -> None:
+        if time.monotonic() - self._last_event_s >= self.heartbeat_s:
+            self._emit(self._window_event("heartbeat", self.state.latest))
+
+    # ----------------------------------------------------------------- run
+
+    def run(self) -> int:
+        start = self._base("start")
+        start.update(
+            pid=os.getpid(),
+            **self.scorer.describe(),
+            **{k: v for k, v in self.source.describe().items() if k != "source"},
+            settings=self.settings.to_dict(),
+        )
+        if self.api is not None:
+            start["api"] = "http://{}:{}".format(*self.api.address)
+        self._emit(start)
+        reason = "end of stream"
+        started = time.monotonic()
+        self.source.start()
+        try:
+            while True:
+                if self._stop.is_set():
+                    reason = self._stop_reason or "stop requested"
+                    break
+                item = self.source.get(timeout_s=min(0.25, self.heartbeat_s))
+                if item is END:
+                    self._handle(self.pipeline.finish())
+                    break
+                if item is not None:
+                    self._handle(self.pipeline.feed(item))
+                self._maybe_heartbeat()
+        finally:
+            self.source.stop()
+            self.state.running = False
+            stop = self._base("stop")
+            stop.update(
+                reason=reason,
+                windows_scored=self.pipeline.windows_scored,
+                silent_windows=self.pipeline.silent_windows,
+                overflows=self.source.stats.overflows,
+                source_errors=self.source.stats.errors,
+                audio_s=round(self.pipeline.ring.samples_seen / SAMPLE_RATE, 3),
+                wall_s=round(time.monotonic() - started, 3),
+                decision=self.pipeline.decider.decision,
+            )
+            try:
+                self._emit(stop)
+            finally:
+                for sink in self.sinks:
+                    sink.close()
+                if self.api is not None:
+                    self.api.stop()
+        return 0
+
+
+def build_agent(settings: Settings, stdout: Any = None) -> Agent:
+    """Everything `listen` needs, from settings; raises BundleError/SourceError/ConfigError/..."""
+    m = settings.model
+    scorer = Scorer(
+        m.bundle,
+        model_format=m.model_format,
+        num_threads=m.num_threads,
+        threshold=m.threshold,
+        silence_floor_dbfs=m.silence_floor_dbfs,
+    )
+    api_token = None
+    if settings.api.listen:
+        api_token = resolve_token(settings.api)
+        require_token_if_exposed(settings.api.listen, api_token)
+    source = build_source(settings)
+    sinks: list[Sink] = []
+    e = settings.events
+    if e.stdout:
+        sinks.append(
+            StdoutSink(json_lines=e.json, every_window=e.every_window or e.json, stream=stdout)
+        )
+    if e.file:
+        sinks.append(
+            FileSink(
+                EventFile(e.file, e.max_bytes, e.backups, e.fsync), every_window=e.every_window
+            )
+        )
+    state = AgentState(
+        {"model": scorer.describe(), "source_name": source.name},
+        source_stats=lambda: source.stats,
+    )
+    api = None
+    if settings.api.listen:
+        host, port = parse_listen(settings.api.listen)
+        api = ApiServer(host, port, scorer, state, api_token, settings.api.max_upload_bytes)
+        api.start()
+    return Agent(settings, scorer, source, sinks, api, state)

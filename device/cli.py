@@ -1,0 +1,292 @@
+"""`clad-agent` (= `python -m device`): devices, score, listen.
+
+    clad-agent devices [--json]
+    clad-agent score FILE... --bundle DIR [--json] [--model int8|fp32] [--windows]
+    clad-agent listen --bundle DIR --source mic|stdin|FILE [--device NAME] [--rate HZ]
+                      [--channels N] [--realtime] [--api HOST:PORT] [--config FILE.toml]
+                      [--events-file PATH] [--json] [--every-window] ...
+
+This module parses and hands over: settings come from --config (TOML) and are overridden
+by flags (device.config); the work is done by device.runtime and device.agent.
+Exit status: 0 success; 1 a file failed to score, or the agent failed; 2 bad usage,
+settings, bundle or source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from device.audio import AudioError
+from device.bundle import BundleError
+from device.config import ConfigError, Settings, load_settings, override
+from device.runtime import MODEL_FORMATS, InterpreterUnavailableError
+
+log = logging.getLogger("device.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clad-agent",
+        description="Audio deepfake detection on the device: score files, or listen to a "
+        "microphone, stdin or a file and report decisions.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level (default: warning for score/devices, info for listen)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    devices = sub.add_parser("devices", help="list capture devices (PyAudio)")
+    devices.add_argument("--json", action="store_true", help="one JSON line per device")
+
+    score = sub.add_parser("score", help="score audio files, one line per file")
+    score.add_argument("files", nargs="+", metavar="FILE")
+    score.add_argument("--bundle", required=True, metavar="DIR")
+    score.add_argument(
+        "--model", choices=MODEL_FORMATS, default="int8", help="model format (default int8)"
+    )
+    score.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
+    score.add_argument(
+        "--threshold", type=float, default=None, help="P(spoof) threshold (default: the manifest's)"
+    )
+    score.add_argument("--json", action="store_true", help="one JSON object per line")
+    score.add_argument(
+        "--windows", action="store_true", help="include every window's P(spoof) (window_scores)"
+    )
+
+    listen = sub.add_parser("listen", help="score a stream and report decisions")
+    listen.add_argument("--config", metavar="FILE.toml", help="settings file (flags override)")
+    listen.add_argument("--bundle", metavar="DIR")
+    listen.add_argument("--model", choices=MODEL_FORMATS, default=None)
+    listen.add_argument("--threads", type=int, default=None)
+    listen.add_argument("--threshold", type=float, default=None)
+    listen.add_argument(
+        "--source",
+        metavar="mic|stdin|FILE",
+        help="a microphone, raw s16le PCM on stdin, or an audio file",
+    )
+    listen.add_argument("--device", metavar="NAME", help="mic: index or name substring")
+    listen.add_argument(
+        "--rate",
+        type=int,
+        default=None,
+        metavar="HZ",
+        help="stdin: sample rate (required); mic: force a capture rate",
+    )
+    listen.add_argument("--channels", type=int, default=None)
+    listen.add_argument("--chunk-ms", type=float, default=None)
+    listen.add_argument("--queue-chunks", type=int, default=None)
+    listen.add_argument(
+        "--realtime", action="store_true", default=None, help="file: replay at real-time pace"
+    )
+    listen.add_argument(
+        "--max-seconds", type=float, default=None, help="stop after this much audio"
+    )
+    listen.add_argument("--smoothing-windows", type=int, default=None)
+    listen.add_argument("--margin", type=float, default=None, help="hysteresis margin")
+    listen.add_argument("--silence-windows", type=int, default=None)
+    listen.add_argument("--events-file", metavar="PATH", default=None)
+    listen.add_argument("--heartbeat-s", type=float, default=None)
+    listen.add_argument(
+        "--json",
+        action="store_true",
+        default=None,
+        help="stdout: JSON lines, one per window (plus decisions, heartbeats)",
+    )
+    listen.add_argument(
+        "--every-window",
+        action="store_true",
+        default=None,
+        help="write an event for every window, not only decision changes",
+    )
+    listen.add_argument("--quiet", action="store_true", help="no events on stdout")
+    listen.add_argument(
+        "--api", metavar="HOST:PORT", default=None, help="serve the HTTP API (e.g. 127.0.0.1:8787)"
+    )
+    listen.add_argument("--api-token-file", metavar="PATH", default=None)
+    listen.add_argument("--max-upload-bytes", type=int, default=None)
+    return parser
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, allow_nan=False), flush=True)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from device.sources import SourceError, list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except SourceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        for device in devices:
+            _print_json(device)
+        return EXIT_OK
+    if not devices:
+        print("no capture devices (PortAudio lists no inputs)")
+    for d in devices:
+        rates = ", ".join(str(r) for r in d["supported_rates"]) or "-"
+        mark = "*" if d["default"] else " "
+        print(
+            f"{mark}{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, default "
+            f"{d['default_sample_rate']} Hz, supports {rates})"
+        )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- score
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from device.runtime import Scorer, score_files
+
+    try:
+        scorer = Scorer(
+            args.bundle, model_format=args.model, num_threads=args.threads, threshold=args.threshold
+        )
+    except (BundleError, InterpreterUnavailableError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = 0
+    for result in score_files(scorer, args.files, window_scores=args.windows):
+        failed += "error" in result
+        if args.json:
+            _print_json(result)
+        elif "error" in result:
+            print(f"{result['file']}: error: {result['error']}")
+        else:
+            print(
+                f"{result['file']}: {result['decision']:8s} P(spoof)={result['score']:.4f}  "
+                f"windows={result['windows']} (silent {result['silent_windows']})  "
+                f"{result['duration_s']:.2f} s"
+            )
+    if failed:
+        print(f"{failed} of {len(args.files)} file(s) could not be scored", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------- listen
+
+
+def listen_settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    source: dict[str, Any] = {}
+    if args.source is not None:
+        if args.source in ("mic", "stdin"):
+            source["kind"] = args.source
+        else:
+            source["kind"], source["path"] = "file", args.source
+    source.update(
+        device=args.device,
+        sample_rate=args.rate,
+        channels=args.channels,
+        chunk_ms=args.chunk_ms,
+        queue_chunks=args.queue_chunks,
+        realtime=args.realtime,
+        max_seconds=args.max_seconds,
+    )
+    events: dict[str, Any] = {
+        "file": args.events_file,
+        "heartbeat_s": args.heartbeat_s,
+        "json": args.json,
+        "every_window": args.every_window,
+    }
+    if args.quiet:
+        events["stdout"] = False
+    settings = override(
+        settings,
+        {
+            "model": {
+                "bundle": args.bundle,
+                "model_format": args.model,
+                "num_threads": args.threads,
+                "threshold": args.threshold,
+            },
+            "source": source,
+            "decision": {
+                "smoothing_windows": args.smoothing_windows,
+                "margin": args.margin,
+                "silence_windows": args.silence_windows,
+            },
+            "events": events,
+            "api": {
+                "listen": args.api,
+                "token_file": args.api_token_file,
+                "max_upload_bytes": args.max_upload_bytes,
+            },
+        },
+    )
+    if not settings.model.bundle:
+        raise ConfigError("no bundle: give --bundle DIR or [model] bundle in the settings file")
+    return settings
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from device.agent import build_agent
+    from device.events import EventFileError
+    from device.sources import SourceError
+
+    try:
+        settings = listen_settings(args)
+        agent = build_agent(settings)
+    except (
+        ConfigError,
+        BundleError,
+        SourceError,
+        AudioError,
+        InterpreterUnavailableError,
+        EventFileError,
+        ValueError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # e.g. the API port is taken
+        print(f"error: cannot start: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def stop(signum: int, _frame: Any) -> None:
+        agent.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return agent.run()
+    except EventFileError as error:
+        log.error("%s", error)
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = args.log_level or ("info" if args.command == "listen" else "warning")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"devices": cmd_devices, "score": cmd_score, "listen": cmd_listen}
+    try:
+        return commands[args.command](args)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as other CLI tools do.
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Agent events: one JSON object per line, to stdout and to an append-only file with rotation.
+
+The schema (version EVENT_SCHEMA_VERSION, documented in docs/device.md):
+
+    {"schema": 1, "type": "start|window|decision|heartbeat|stop",
+     "time": "2026-01-31T12:00:00.123456Z", "monotonic_s": 1234.567,
+     "source": "mic:USB", "window": 17, "start_s": 8.5,
+     "p_spoof": 0.91, "silent": false, "rms_dbfs": -23.4,
+     "smoothed": 0.87, "decision": "spoof", "previous": "bonafide",
+     "threshold": 0.5, "inference_ms": 1.1, "latency_ms": 2.3,
+     "overflows": 0, "windows_scored": 18, ...}
+
+"decision" events are written whenever the decision changes, "heartbeat" events every
+`heartbeat_s` without another event, and "window" events for every other window when
+every-window output is on. The event file is written one whole line per os.write() on
+an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line,
+which `read_events` skips; it rotates by size (events.jsonl -> events.jsonl.1 -> ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger("device.events")
+
+EVENT_SCHEMA_VERSION = 1
+EVENT_TYPES = ("start", "window", "decision", "heartbeat", "stop")
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """One line of JSON (no newline inside), keys in insertion order."""
+    return json.dumps(_clean(event), separators=(", ", ": "), allow_nan=False)
+
+
+class EventFileError(OSError):
+    """The event file cannot be opened or written."""
+
+
+class EventFile:
+    """Append-only JSON lines with size-based rotation; every line one write, fsynced.
+
+    `max_bytes` 0 never rotates; `backups` rotated files are kept (path.1 is the newest).
+    """
+
+    def __init__(
+        self, path: str | Path, max_bytes: int = 10_000_000, backups: int = 5, fsync: bool = True
+    ) -> None:
+        if max_bytes < 0 or backups < 0:
+            raise ValueError(f"max_bytes and backups must be >= 0, got {max_bytes}, {backups}")
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.backups = int(backups)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise EventFileError(
+                f"{self.path.parent}: cannot create the event directory ({error.strerror})"
+            ) from error
+        self._open()
+        self._terminate_partial_line()
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise EventFileError(
+                f"{self.path}: cannot open the event file for appending ({error.strerror})"
+            ) from error
+        self._size = os.fstat(self._fd).st_size
+
+    def _terminate_partial_line(self) -> None:
+        """After a crash mid-write, start on a fresh line so the next event stays whole."""
+        if self._size == 0:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            last = handle.read(1)
+        if last != b"\n":
+            self._write_bytes(b"\n")
+
+    def _write_bytes(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self.fsync:
+            os.fsync(self._fd)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def write(self, event: dict[str, Any]) -> None:
+        line = (encode_event(event) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd is None:
+                raise EventFileError(f"{self.path}: the event file is closed")
+            if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            try:
+                self._write_bytes(line)
+            except OSError as error:
+                raise EventFileError(
+                    f"{self.path}: cannot write an event ({error.strerror})"
+                ) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                if self.fsync:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+
+
+def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The events of one file in order; a trailing partial line (a crash mid-write) is skipped."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    complete = lines[:-1]  # whatever follows the last newline is incomplete
+    if lines[-1]:
+        log.warning("%s: skipped a trailing partial line of %d bytes", path, len(lines[-1]))
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not JSON ({error})") from error
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def human_line(event: dict[str, Any]) -> str:
+    """A short line for a terminal or the journal."""
+    kind = event.get("type")
+    if kind == "start":
+        return (
+            f"listening: {event.get('source')}  model {event.get('model')} "
+            f"({event.get('model_format')}, {event.get('runtime')})  threshold "
+            f"{_fmt(event.get('threshold'))}"
+        )
+    if kind == "stop":
+        return (
+            f"stopped ({event.get('reason')}): {event.get('windows_scored')} windows, "
+            f"{event.get('overflows')} overflows"
+        )
+    return (
+        f"{kind:9s} t={_fmt(event.get('start_s'), 2):>8s}s  {event.get('decision', '-'):8s}  "
+        f"p_spoof={_fmt(event.get('p_spoof'))}  smoothed={_fmt(event.get('smoothed'))}  "
+        f"latency={_fmt(event.get('latency_ms'), 1)}ms  overflows={event.get('overflows', 0)}"
+    )
+
+
+class StdoutSink:
+    """Events to a text stream: JSON lines, or human lines for decisions and heartbeats."""
+
+    def __init__(self, json_lines: bool, every_window: bool, stream: TextIO | None = None) -> None:
+        self.json_lines = json_lines
+        self.every_window = every_window
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def write(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "window" and not self.every_window:
+            return
+        text = encode_event(event) if self.json_lines else human_line(event)
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+
+class FileSink:
+    """Events to an EventFile; "window" events only when every-window output is on."""
+
+    def __init__(self, event_file: EventFile, every_window: bool) -> None:
+        self.file = event_file
+        self.every_window = every_window
+
+    def write(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "window" and not self.every_window:
+            return
+        self.file.write(event)
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,321 @@
+"""A stream of audio chunks -> scored windows -> smoothed decisions.
+
+    chunk (any size, any rate, any channels)
+      -> to_mono, StreamingResampler (bit-exact with resample_poly on the whole stream)
+      -> WindowRing: windows every hop, at exactly the starts `window_starts` gives a file
+      -> silence gate + normalization (device.audio), Scorer (device.runtime)
+      -> Decider: smoothing over the last windows + hysteresis
+
+so the scores of a stream's windows equal the file-mode window scores of the same audio.
+Decisions live apart from the model (like silero-vad's VADIterator): `Decider.update`
+takes one window's P(spoof) and silence flag and returns the new state.
+
+Only numpy and device.*: this module runs on the Pi.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.audio import (
+    SAMPLE_RATE,
+    StreamingResampler,
+    normalize_windows,
+    to_mono,
+    window_rms_dbfs,
+)
+from device.runtime import Scorer, softmax_spoof
+
+# --------------------------------------------------------------------------- ring buffer
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """One window cut from a stream: its index, where it starts and its raw samples."""
+
+    index: int  # 0, 1, 2, ... over the whole stream
+    start_sample: int  # at 16 kHz, counted from the start of the stream
+    raw: np.ndarray  # (window_samples,) float32, before normalization
+
+
+class WindowRing:
+    """A fixed-size ring buffer that turns chunks of any size into windows.
+
+    Windows start at `offset + k * hop_samples` and are emitted as soon as their last
+    sample has arrived. `finish()` adds what `device.audio.window_starts` adds at the
+    end of a file: one window aligned to the end of the stream when the last one stopped
+    short, or a single zero-padded window for a stream shorter than one window. Memory is
+    bounded whatever the chunk size: a large chunk is taken in pieces that fit.
+    """
+
+    def __init__(self, window_samples: int, hop_samples: int) -> None:
+        if window_samples <= 0 or hop_samples <= 0:
+            raise ValueError(
+                f"window and hop must be positive, got window_samples={window_samples}, "
+                f"hop_samples={hop_samples}"
+            )
+        self.window_samples = int(window_samples)
+        self.hop_samples = int(hop_samples)
+        # Room for one window, plus one hop of new samples past the next window start.
+        self.capacity = self.window_samples + max(self.hop_samples, self.window_samples)
+        self._ring = np.zeros(self.capacity, dtype=np.float32)
+        self.samples_seen = 0  # absolute count of samples pushed
+        self.windows_emitted = 0
+        self._segment_start = 0  # absolute index where the current segment began
+        self._next_start = 0  # absolute start of the next window
+        self._segment_windows = 0  # windows emitted in the current segment
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        """Samples [start, start + count) (absolute); they must still be in the ring."""
+        first = start % self.capacity
+        stop = first + count
+        if stop <= self.capacity:
+            return self._ring[first:stop].copy()
+        return np.concatenate([self._ring[first:], self._ring[: stop - self.capacity]])
+
+    def _write(self, samples: np.ndarray) -> None:
+        first = self.samples_seen % self.capacity
+        stop = first + samples.size
+        if stop <= self.capacity:
+            self._ring[first:stop] = samples
+        else:
+            split = self.capacity - first
+            self._ring[first:] = samples[:split]
+            self._ring[: samples.size - split] = samples[split:]
+        self.samples_seen += samples.size
+
+    def _emit(self, start: int, raw: np.ndarray) -> StreamWindow:
+        window = StreamWindow(self.windows_emitted, start, raw)
+        self.windows_emitted += 1
+        self._segment_windows += 1
+        return window
+
+    def push(self, samples: np.ndarray) -> list[StreamWindow]:
+        """Add 16 kHz mono samples; return the windows completed by them, in order."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        out: list[StreamWindow] = []
+        position = 0
+        while position < samples.size:
+            # Never overwrite samples the next window still needs (nor the last window's
+            # worth, which `finish` may need for the end-aligned tail).
+            oldest_needed = min(self._next_start, self.samples_seen - self.window_samples)
+            oldest_needed = max(oldest_needed, self._segment_start)
+            room = self.capacity - (self.samples_seen - oldest_needed)
+            piece = samples[position : position + max(room, 1)]
+            self._write(piece)
+            position += piece.size
+            while self._next_start + self.window_samples <= self.samples_seen:
+                out.append(
+                    self._emit(self._next_start, self._read(self._next_start, self.window_samples))
+                )
+                self._next_start += self.hop_samples
+        return out
+
+    def finish(self) -> list[StreamWindow]:
+        """End of stream: the tail window(s) `window_starts` adds at the end of a signal."""
+        segment_samples = self.samples_seen - self._segment_start
+        out: list[StreamWindow] = []
+        if segment_samples == 0:
+            return out
+        if segment_samples <= self.window_samples:
+            if self._segment_windows == 0:
+                raw = np.zeros(self.window_samples, dtype=np.float32)
+                raw[:segment_samples] = self._read(self._segment_start, segment_samples)
+                out.append(self._emit(self._segment_start, raw))
+        else:
+            last_start = self._next_start - self.hop_samples  # start of the last window emitted
+            if last_start + self.window_samples < self.samples_seen:
+                start = self.samples_seen - self.window_samples
+                out.append(self._emit(start, self._read(start, self.window_samples)))
+        self.restart()
+        return out
+
+    def restart(self) -> None:
+        """Begin a new segment (after a gap in the audio): windows never span the gap."""
+        self._segment_start = self.samples_seen
+        self._next_start = self.samples_seen
+        self._segment_windows = 0
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class DecisionSettings:
+    """How a stream's window scores become a decision.
+
+    smoothed = mean P(spoof) of the last `smoothing_windows` non-silent windows (a mean of
+    probabilities, not of logits, so one extreme window moves it by at most 1/N).
+    Enter "spoof" when smoothed >= threshold + margin over a full history (N non-silent
+    windows since the last silence, so one odd window at an onset cannot raise it); leave
+    it when smoothed < threshold - margin. Otherwise a sound is "bonafide".
+    `silence_windows` consecutive silent windows -> "silence", and the history starts
+    afresh with the next sound.
+    """
+
+    threshold: float
+    smoothing_windows: int = 3
+    margin: float = 0.05
+    silence_windows: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be a P(spoof) in [0, 1], got {self.threshold}")
+        if self.smoothing_windows < 1:
+            raise ValueError(f"smoothing_windows must be >= 1, got {self.smoothing_windows}")
+        if not 0.0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
+        if self.silence_windows < 1:
+            raise ValueError(f"silence_windows must be >= 1, got {self.silence_windows}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    smoothed: float | None  # None while in silence
+    decision: str  # "bonafide" | "spoof" | "silence"
+    changed: bool
+    previous: str
+
+
+class Decider:
+    """Smoothing + hysteresis over window scores. Starts in "silence" (nothing heard yet)."""
+
+    def __init__(self, settings: DecisionSettings) -> None:
+        self.settings = settings
+        self._history: deque[float] = deque(maxlen=settings.smoothing_windows)
+        self._silent_run = 0
+        self.decision = "silence"
+        self.smoothed: float | None = None
+
+    def update(self, p_spoof: float, silent: bool) -> Decision:
+        s = self.settings
+        previous = self.decision
+        if silent:
+            self._silent_run += 1
+            if self._silent_run >= s.silence_windows:
+                self.decision = "silence"
+                self._history.clear()
+                self.smoothed = None
+        else:
+            self._silent_run = 0
+            self._history.append(float(p_spoof))
+            self.smoothed = float(np.mean(self._history))
+            if self.decision == "spoof":
+                if self.smoothed < s.threshold - s.margin:
+                    self.decision = "bonafide"
+            elif (
+                len(self._history) == s.smoothing_windows
+                and self.smoothed >= s.threshold + s.margin
+            ):
+                self.decision = "spoof"
+            else:
+                self.decision = "bonafide"
+        return Decision(self.smoothed, self.decision, self.decision != previous, previous)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Audio from a source: (frames, channels) float32 at `sample_rate`."""
+
+    samples: np.ndarray
+    sample_rate: int
+    arrival_s: float  # time.monotonic() when the chunk's last frame was in our hands
+    discontinuity: bool = False  # audio was lost (or the device reopened) before this chunk
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    index: int
+    start_s: float
+    logits: tuple[float, float]
+    p_spoof: float
+    silent: bool
+    rms_dbfs: float
+    smoothed: float | None
+    decision: str
+    changed: bool
+    previous: str
+    inference_ms: float
+    arrival_s: float  # when the window's last sample arrived (the chunk that completed it)
+    scored_s: float  # time.monotonic() when its decision was made
+
+
+class StreamPipeline:
+    """Chunks in, WindowResults out: resample, window, gate, normalize, score, decide."""
+
+    def __init__(self, scorer: Scorer, decision: DecisionSettings) -> None:
+        self.scorer = scorer
+        self.ring = WindowRing(scorer.window_samples, scorer.hop_samples)
+        self.decider = Decider(decision)
+        self.silence_floor_dbfs = scorer.silence_floor_dbfs
+        self._resampler: StreamingResampler | None = None
+        self._last_arrival_s = 0.0
+        self.windows_scored = 0
+        self.silent_windows = 0
+        self.discontinuities = 0
+
+    def _score(self, windows: list[StreamWindow], arrival_s: float) -> list[WindowResult]:
+        results = []
+        for window in windows:
+            raw = window.raw[None, :]
+            rms = float(window_rms_dbfs(raw)[0])
+            silent = rms < self.silence_floor_dbfs
+            logits, inference_ms = self.scorer.score_window(normalize_windows(raw)[0])
+            p_spoof = float(softmax_spoof(logits[None, :])[0])
+            decision = self.decider.update(p_spoof, silent)
+            self.windows_scored += 1
+            self.silent_windows += int(silent)
+            results.append(
+                WindowResult(
+                    index=window.index,
+                    start_s=window.start_sample / SAMPLE_RATE,
+                    logits=(float(logits[0]), float(logits[1])),
+                    p_spoof=p_spoof,
+                    silent=bool(silent),
+                    rms_dbfs=rms,
+                    smoothed=decision.smoothed,
+                    decision=decision.decision,
+                    changed=decision.changed,
+                    previous=decision.previous,
+                    inference_ms=inference_ms,
+                    arrival_s=arrival_s,
+                    scored_s=time.monotonic(),
+                )
+            )
+        return results
+
+    def _end_segment(self) -> list[WindowResult]:
+        """Drain the resampler and the ring at the end of a stretch of continuous audio."""
+        windows: list[StreamWindow] = []
+        if self._resampler is not None:
+            windows += self.ring.push(self._resampler.flush())
+            self._resampler = None
+        windows += self.ring.finish()
+        return self._score(windows, self._last_arrival_s)
+
+    def feed(self, chunk: Chunk) -> list[WindowResult]:
+        """Score every window that `chunk` completes."""
+        results: list[WindowResult] = []
+        if chunk.discontinuity or (
+            self._resampler is not None and self._resampler.from_rate != chunk.sample_rate
+        ):
+            # Windows never span lost audio: close the segment (tail included) and restart.
+            self.discontinuities += 1
+            results += self._end_segment()
+        if self._resampler is None:
+            self._resampler = StreamingResampler(chunk.sample_rate, SAMPLE_RATE)
+        mono = to_mono(np.asarray(chunk.samples, dtype=np.float32))
+        self._last_arrival_s = chunk.arrival_s
+        results += self._score(self.ring.push(self._resampler.process(mono)), chunk.arrival_s)
+        return results
+
+    def finish(self) -> list[WindowResult]:
+        """End of stream: the windows a file of the same audio would have at its end."""
+        return self._end_segment()
