@@ -11,7 +11,10 @@ Error rates at a threshold t:
 - spoof acceptance rate (false alarm): spoof trials with score < t, over all spoof
 
 The EER is taken where the two are closest among all distinct thresholds, and reported as
-their mean there (the rule of the ASVspoof evaluation package).
+their mean there: the rule of the ASVspoof evaluation package (``compute_eer`` in its
+``eval_metrics.py``), including its tie-break (of equally close points, the one that calls
+the fewest trials spoof), so figures compare with published ones. With continuous scores
+it equals that package's value exactly (a test holds it to a transcription of it).
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def compute_eer(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     """Equal error rate of spoof-oriented scores (higher = more spoof)."""
     scores_arr, labels_arr = _as_arrays(scores, labels)
     thresholds, rejection, acceptance = error_rates(scores_arr, labels_arr)
-    index = int(np.argmin(np.abs(rejection - acceptance)))
+    gaps = np.abs(rejection - acceptance)
+    index = int(np.flatnonzero(gaps == gaps.min())[-1])
     threshold = float(thresholds[index])
     predicted_spoof = scores_arr >= threshold
     accuracy = float(np.mean(predicted_spoof == (labels_arr == 1)))

@@ -1,18 +1,21 @@
-"""The file-scoring rule, in one place, for every runtime.
+"""The file-scoring rule, in one place, for every desktop runtime.
 
 A file's score is computed the same way whatever runs the model (PyTorch here, ONNX
-Runtime or TFLite in convert/ and benchmarks/, LiteRT on the device):
+Runtime or TFLite in convert/ and benchmarks/); the device computes the same with LiteRT
+(``device.runtime.aggregate``, the contract text ``device.bundle.FILE_AGGREGATION``; a test
+holds the two equal):
 
 1. ``device.audio.windows_from_file``: decode, mono, 16 kHz, cut into windows of
    ``window_samples`` every ``hop_samples`` (one more aligned to the end), normalize each.
-2. Drop the windows that are silent (raw RMS below the floor). If every window is silent,
-   keep the single loudest one, so each file gets a score; the result says so.
+2. Keep the windows that are not silent (raw RMS at or above the floor). If every window is
+   silent, keep them all; the file is flagged ``all_silent`` (the device reports it as
+   silence rather than bona fide/spoof).
 3. Run the model on the kept windows: logits ``(bonafide, spoof)`` per window.
 4. File logits = the mean of the window logits. P(spoof) = softmax(file logits)[1].
 
 ASVspoof score files want "higher = more bona fide": we write
 ``logit_bonafide - logit_spoof`` (= log P(bonafide)/P(spoof)), which ranks files exactly
-like ``1 - P(spoof)``, keeps full precision where P(spoof) saturates at 0 or 1.
+like ``1 - P(spoof)`` and keeps full precision where P(spoof) saturates at 0 or 1.
 
 This module is numpy-only (no torch): a predictor is any callable mapping
 ``(n, window_samples)`` float32 normalized windows to ``(n, 2)`` float logits.
@@ -27,12 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS, Windows, windows_from_file
+from device.bundle import FILE_AGGREGATION
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-AGGREGATION_RULE = (
-    "drop silent windows (all silent: keep the loudest); file logits = mean of window logits; "
-    "P(spoof) = softmax(file logits)[1]"
-)
+AGGREGATION_RULE = FILE_AGGREGATION
+"""The contract text the model bundle carries (owned by device.bundle)."""
 ASVSPOOF_SCORE_RULE = "logit_bonafide - logit_spoof of the file logits (higher = more bona fide)"
 
 
@@ -52,12 +54,11 @@ class FileScore:
         return asvspoof_score(self.logits)
 
 
-def select_windows(windows: Windows) -> np.ndarray:
-    """Indices of the windows to score: the non-silent ones, else the loudest one."""
-    keep = np.flatnonzero(~windows.silent)
-    if keep.size == 0:
-        keep = np.array([int(np.argmax(windows.rms_dbfs))], dtype=np.int64)
-    return keep
+def select_windows(silent: np.ndarray) -> np.ndarray:
+    """Indices of the windows to score: the non-silent ones, or all when every one is silent."""
+    silent = np.asarray(silent, dtype=bool).reshape(-1)
+    keep = np.flatnonzero(~silent)
+    return keep if keep.size else np.arange(silent.size, dtype=np.int64)
 
 
 def p_spoof(logits: np.ndarray) -> float:
@@ -97,7 +98,7 @@ class PreparedFile:
 
 
 def prepare_windows(windows: Windows) -> PreparedFile:
-    keep = select_windows(windows)
+    keep = select_windows(windows.silent)
     return PreparedFile(
         windows=np.ascontiguousarray(windows.normalized[keep]),
         windows_total=int(windows.normalized.shape[0]),

@@ -67,8 +67,8 @@ from train.checkpoint import (
 )
 from train.config import CONFIG_FILE, ConfigError, TrainConfig
 from train.data import DatasetError, Record, load_dataset
-from train.data.records import BONAFIDE_ATTACK, LABELS
-from train.metrics import compute_eer, per_attack_eer, pooled_eer
+from train.data.records import LABELS
+from train.evaluate import report
 from train.model import CLAD, MODEL_NAME, build_model, count_macs, count_parameters
 from train.scoring import (
     AGGREGATION_RULE,
@@ -499,51 +499,16 @@ def file_loss(scores: Sequence[FileScore], labels: np.ndarray) -> float:
     return float(nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
 
 
-def sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + math.exp(-x))) if x > -700 else 0.0
-
-
 def split_report(
     eval_set: EvalSet,
     scores: Sequence[FileScore],
     threshold: float | None,
     train_attacks: set[str] | None,
 ) -> dict[str, Any]:
-    """EER, its threshold, accuracy, per-attack EER; unseen-attack EER when train attacks known.
-
-    `threshold` (a spoof logit margin, e.g. dev's EER threshold) adds accuracy at it.
-    """
-    margins = spoof_margins(scores)
-    labels = eval_set.labels
-    eer = compute_eer(margins, labels)
-    report: dict[str, Any] = {
-        "files": len(scores),
-        "eer": eer.eer,
-        "threshold_margin": eer.threshold,
-        "threshold_p_spoof": sigmoid(eer.threshold),
-        "accuracy": eer.accuracy,
-        "loss": file_loss(scores, labels),
-        "per_attack_eer": {
-            attack: values["eer"]
-            for attack, values in per_attack_eer(
-                margins, labels, eval_set.attacks, BONAFIDE_ATTACK
-            ).items()
-        },
-        "all_silent_files": int(sum(s.all_silent for s in scores)),
-    }
-    if threshold is not None:
-        predicted = margins >= threshold
-        report["accuracy_at_dev_threshold"] = float(np.mean(predicted == (labels == 1)))
-    if train_attacks is not None:
-        spoof_attacks = {a for a, y in zip(eval_set.attacks, labels, strict=True) if y == 1}
-        unseen = sorted(spoof_attacks - train_attacks)
-        seen = sorted(spoof_attacks & train_attacks)
-        report["unseen_attacks"] = unseen
-        unseen_eer = pooled_eer(margins, labels, eval_set.attacks, set(unseen))
-        seen_eer = pooled_eer(margins, labels, eval_set.attacks, set(seen))
-        report["unseen_attacks_eer"] = unseen_eer.eer if unseen_eer else None
-        report["seen_attacks_eer"] = seen_eer.eer if seen_eer else None
-    return report
+    """`train.evaluate.report` (EER, threshold, accuracy, per-attack EER) plus the file loss."""
+    out = report(eval_set.records, list(scores), threshold, train_attacks)
+    out["loss"] = file_loss(scores, eval_set.labels)
+    return out
 
 
 # --------------------------------------------------------------------------- checkpoints
