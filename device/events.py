@@ -13,8 +13,9 @@ The schema (version EVENT_SCHEMA_VERSION, documented in docs/device.md):
 "decision" events are written whenever the decision changes, "heartbeat" events every
 `heartbeat_s` without another event, and "window" events for every other window when
 every-window output is on. The event file is written one whole line per os.write() on
-an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line,
-which `read_events` skips; it rotates by size (events.jsonl -> events.jsonl.1 -> ...).
+an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line:
+`read_events` skips it, and the next EventFile opened on the file cuts it off before
+appending. The file rotates by size (events.jsonl -> events.jsonl.1 -> ...).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class EventFile:
                 f"{self.path.parent}: cannot create the event directory ({error.strerror})"
             ) from error
         self._open()
-        self._terminate_partial_line()
+        self._drop_partial_line()
 
     def _open(self) -> None:
         try:
@@ -96,15 +97,30 @@ class EventFile:
             ) from error
         self._size = os.fstat(self._fd).st_size
 
-    def _terminate_partial_line(self) -> None:
-        """After a crash mid-write, start on a fresh line so the next event stays whole."""
+    def _drop_partial_line(self) -> None:
+        """After a crash mid-write, cut the incomplete last line so every line stays whole."""
         if self._size == 0:
             return
         with open(self.path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            last = handle.read(1)
-        if last != b"\n":
-            self._write_bytes(b"\n")
+            tail_start = max(0, self._size - 65536)
+            handle.seek(tail_start)
+            tail = handle.read()
+        if tail.endswith(b"\n"):
+            return
+        newline = tail.rfind(b"\n")
+        if newline < 0 and tail_start > 0:
+            return  # a line longer than 64 KiB: not ours to judge; leave it to read_events
+        keep = tail_start + newline + 1
+        assert self._fd is not None
+        os.ftruncate(self._fd, keep)
+        if self.fsync:
+            os.fsync(self._fd)
+        log.warning(
+            "%s: removed an incomplete last line of %d bytes (a crash mid-write)",
+            self.path,
+            self._size - keep,
+        )
+        self._size = keep
 
     def _write_bytes(self, data: bytes) -> None:
         assert self._fd is not None

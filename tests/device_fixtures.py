@@ -288,5 +288,55 @@ def cached_bundle(cache_root: Path) -> Path:
     return out_dir
 
 
+# --------------------------------------------------------------------------- pytest fixtures
+
+import pytest  # noqa: E402  (after the builder: `python -m tests.device_fixtures` needs no pytest)
+
+
+def bundle_for(request: pytest.FixtureRequest) -> Path:
+    """The real fp32 + int8 fixture bundle, cached across runs (TensorFlow builds it once).
+
+    Test modules wrap this in their own session fixture, e.g.
+        @pytest.fixture(scope="session")
+        def fixture_bundle(request): return bundle_for(request)
+    """
+    import importlib.util
+
+    cache_root = Path(request.config.cache.mkdir("device-bundles"))
+    built = (cache_root / f"fixture-bundle-{fixture_key()}" / "manifest.json").is_file()
+    if not built and importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("building the fixture bundle needs tensorflow (the desktop venv)")
+    return cached_bundle(cache_root)
+
+
+def device_env(**extra: str) -> dict[str, str]:
+    """Environment for `python -m device` subprocesses: the repo importable, quiet TF logs."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(extra)
+    return env
+
+
+def run_device(
+    args: list[str],
+    python: str = sys.executable,
+    input: bytes | None = None,
+    timeout: float = 60.0,
+    **env: str,
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, "-m", "device", *args],
+        cwd=REPO,
+        env=device_env(**env),
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def json_lines(data: bytes | str) -> list[dict]:
+    text = data.decode() if isinstance(data, bytes) else data
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 if __name__ == "__main__":
     build_bundle(Path(sys.argv[1]))
