@@ -161,6 +161,22 @@ class Agent:
             self.state.record(result, event["latency_ms"])
             self._emit(event)
 
+    def _source_events(self) -> None:
+        """A "source" event each time the source starts capturing, fails, reopens or ends."""
+        for stats in self.source.pop_transitions():
+            event = self._base("source")
+            event.update(
+                source_state=stats.state,
+                device=stats.device,
+                sample_rate=stats.sample_rate,
+                channels=stats.channels,
+                errors=stats.errors,
+                reopens=stats.reopens,
+                last_error=stats.last_error,
+                overflows=stats.overflows,
+            )
+            self._emit(event)
+
     def _maybe_heartbeat(self) -> None:
         if time.monotonic() - self._last_event_s >= self.heartbeat_s:
             self._emit(self._window_event("heartbeat", self.state.latest))
@@ -187,6 +203,7 @@ class Agent:
                     reason = self._stop_reason or "stop requested"
                     break
                 item = self.source.get(timeout_s=min(0.25, self.heartbeat_s))
+                self._source_events()
                 if item is END:
                     self._handle(self.pipeline.finish())
                     break

@@ -2,7 +2,7 @@
 
 The schema (version EVENT_SCHEMA_VERSION, documented in docs/device.md):
 
-    {"schema": 1, "type": "start|window|decision|heartbeat|stop",
+    {"schema": 1, "type": "start|source|window|decision|heartbeat|stop",
      "time": "2026-01-31T12:00:00.123456Z", "monotonic_s": 1234.567,
      "source": "mic:USB", "window": 17, "start_s": 8.5,
      "p_spoof": 0.91, "silent": false, "rms_dbfs": -23.4,
@@ -10,7 +10,8 @@ The schema (version EVENT_SCHEMA_VERSION, documented in docs/device.md):
      "threshold": 0.5, "inference_ms": 1.1, "latency_ms": 2.3,
      "overflows": 0, "windows_scored": 18, ...}
 
-"decision" events are written whenever the decision changes, "heartbeat" events every
+"decision" events are written whenever the decision changes, "source" events when the
+source starts capturing, fails, reopens or ends, "heartbeat" events every
 `heartbeat_s` without another event, and "window" events for every other window when
 every-window output is on. The event file is written one whole line per os.write() on
 an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line:
@@ -34,7 +35,7 @@ from typing import Any, TextIO
 log = logging.getLogger("device.events")
 
 EVENT_SCHEMA_VERSION = 1
-EVENT_TYPES = ("start", "window", "decision", "heartbeat", "stop")
+EVENT_TYPES = ("start", "source", "window", "decision", "heartbeat", "stop")
 
 
 def utc_now_iso() -> str:
@@ -198,6 +199,14 @@ def human_line(event: dict[str, Any]) -> str:
             f"({event.get('model_format')}, {event.get('runtime')})  threshold "
             f"{_fmt(event.get('threshold'))}"
         )
+    if kind == "source":
+        text = (
+            f"source {event.get('source_state')}: {event.get('device')} "
+            f"{event.get('sample_rate')} Hz x{event.get('channels')}"
+        )
+        if event.get("last_error"):
+            text += f"  (errors {event.get('errors')}: {event.get('last_error')})"
+        return text
     if kind == "stop":
         return (
             f"stopped ({event.get('reason')}): {event.get('windows_scored')} windows, "

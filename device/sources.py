@@ -18,10 +18,12 @@ PyAudio is imported only when a microphone is used.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,7 @@ class Source:
         self._thread: threading.Thread | None = None
         self._lost = False  # a chunk was dropped: mark the next one as a discontinuity
         self._lock = threading.Lock()
+        self._transitions: deque[SourceStats] = deque(maxlen=256)
 
     # ----------------------------------------------------------------- consumer side
 
@@ -94,10 +97,24 @@ class Source:
 
     def stop(self, join_timeout_s: float = 2.0) -> None:
         self._stop.set()
-        if self.stats.state not in ("ended",):
-            self.stats.state = "stopped"
+        if self.stats.state != "ended":
+            self._set_state("stopped")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(join_timeout_s)
+
+    def pop_transitions(self) -> list[SourceStats]:
+        """Snapshots of the stats at each state change since the last call, oldest first."""
+        with self._lock:
+            out = list(self._transitions)
+            self._transitions.clear()
+        return out
+
+    def _set_state(self, state: str) -> None:
+        with self._lock:
+            if state == self.stats.state and state != "running":
+                return
+            self.stats.state = state
+            self._transitions.append(dataclasses.replace(self.stats))
 
     @property
     def stopped(self) -> bool:
@@ -119,7 +136,7 @@ class Source:
             self.stats.last_error = f"{type(error).__name__}: {error}"
             self.stats.errors += 1
         finally:
-            self.stats.state = "stopped" if self._stop.is_set() else "ended"
+            self._set_state("stopped" if self._stop.is_set() else "ended")
             self._put_end()
 
     def _put_end(self) -> None:
@@ -199,7 +216,7 @@ class FileSource(Source):
         }
 
     def _run(self) -> None:
-        self.stats.state = "running"
+        self._set_state("running")
         samples = self._samples
         if self.max_seconds is not None:
             samples = samples[: round(self.max_seconds * self._rate)]
@@ -265,7 +282,7 @@ class StdinSource(Source):
         )
         pending = b""
         frames_done = 0
-        self.stats.state = "running"
+        self._set_state("running")
         read = getattr(stream, "read1", stream.read)
         while not self._stop.is_set():
             data = read(want)
@@ -487,7 +504,7 @@ class MicSource(Source):
                 rate,
                 self.channels,
             )
-            self.stats.state = "running"
+            self._set_state("running")
             try:
                 while not self._stop.is_set():
                     want = frames_per_read
@@ -520,7 +537,7 @@ class MicSource(Source):
     def _fault(self, what: str, backoff_s: float) -> None:
         self.stats.errors += 1
         self.stats.last_error = what
-        self.stats.state = "backoff"
+        self._set_state("backoff")
         log.warning("%s: %s; retrying in %.1f s", self.name, what, backoff_s)
 
 
