@@ -1,0 +1,311 @@
+"""The HTTP API over real sockets: every endpoint, bad uploads, tokens, and a live agent."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from device.api import AgentState, ApiServer
+from device.config import ConfigError, require_token_if_exposed
+from device.runtime import Scorer
+from device.stream import Chunk, DecisionSettings, StreamPipeline
+from tests.device_fixtures import (
+    REPO,
+    bundle_for,
+    device_env,
+    noise,
+    scenario,
+    write_alsa_file_mic,
+    write_wav,
+)
+
+TOKEN = "t0ken-for-tests"
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(request: pytest.FixtureRequest) -> Path:
+    return bundle_for(request)
+
+
+@pytest.fixture(scope="module")
+def scorer(fixture_bundle: Path) -> Scorer:
+    return Scorer(fixture_bundle, "int8")
+
+
+@pytest.fixture
+def state(scorer: Scorer) -> AgentState:
+    """State after a real stream: the scenario through the pipeline, recorded as the agent does."""
+    state = AgentState({"model": scorer.describe()})
+    pipeline = StreamPipeline(scorer, DecisionSettings(threshold=scorer.threshold))
+    audio = scenario(16000)[:, None]
+    for result in pipeline.feed(Chunk(audio, 16000, time.monotonic())) + pipeline.finish():
+        state.record(result, latency_ms=(time.monotonic() - result.arrival_s) * 1000)
+    return state
+
+
+def _server(scorer: Scorer, state: AgentState, **kwargs) -> ApiServer:
+    server = ApiServer("127.0.0.1", 0, scorer, state, **kwargs)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def api(scorer: Scorer, state: AgentState):
+    server = _server(scorer, state, max_upload_bytes=200_000)
+    yield server
+    server.stop()
+
+
+def request(server, method: str, path: str, body: bytes | None = None, headers=None):
+    host, port = server if isinstance(server, tuple) else server.address
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, dict(response.getheaders()), data
+    finally:
+        connection.close()
+
+
+def test_health_status_metrics(api: ApiServer) -> None:
+    status, _, body = request(api, "GET", "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+    status, headers, body = request(api, "GET", "/status")
+    payload = json.loads(body)
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert payload["windows_scored"] == 27 and payload["silent_windows"] == 3
+    assert payload["decision"] == "bonafide"  # the scenario ends on a low tone
+    assert payload["latest_window"]["window"] == 26
+    assert 0.0 <= payload["latest_window"]["p_spoof"] <= 1.0
+    assert payload["decision_changes"] == {"bonafide": 2, "spoof": 1, "silence": 1}
+    assert payload["model"]["model_format"] == "int8"
+
+    status, headers, body = request(api, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    lines = set(text.splitlines())
+    assert "clad_windows_scored_total 27" in lines
+    assert 'clad_decision_changes_total{decision="spoof"} 1' in lines
+    assert 'clad_decision{decision="bonafide"} 1' in lines
+    assert 'clad_window_latency_seconds_bucket{le="+Inf"} 27' in lines
+    assert "clad_window_latency_seconds_count 27" in lines
+    assert "clad_inference_seconds_count 27" in lines
+    assert "clad_overflows_total 0" in lines
+    assert "# TYPE clad_window_latency_seconds histogram" in lines
+    # Cumulative buckets never decrease.
+    buckets = [
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("clad_inference_seconds_bucket")
+    ]
+    assert buckets == sorted(buckets)
+
+
+def test_score_raw_body(api: ApiServer, scorer: Scorer, tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "a.wav", scenario(22050), 22050)
+    status, _, body = request(api, "POST", "/score?name=a.wav&windows=1", path.read_bytes())
+    result = json.loads(body)
+    assert status == 200
+    expected = scorer.score_file(path, window_scores=True)
+    assert result == dict(expected, file="a.wav")
+
+
+def _multipart(filename: str, data: bytes, field: str = "file") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_score_multipart_upload(api: ApiServer, scorer: Scorer, tmp_path: Path) -> None:
+    path = tmp_path / "clip.flac"
+    sf.write(path, noise(1.0, 16000, 0.3), 16000, format="FLAC")
+    body, content_type = _multipart("clip.flac", path.read_bytes())
+    status, _, data = request(api, "POST", "/score", body, {"Content-Type": content_type})
+    result = json.loads(data)
+    assert status == 200 and result["file"] == "clip.flac"
+    assert result["decision"] == "spoof"
+    assert result["score"] == scorer.score_file(path)["score"]
+
+
+def test_too_large_upload_is_413(api: ApiServer) -> None:
+    status, headers, body = request(api, "POST", "/score", b"\0" * 200_001)
+    assert status == 413 and headers.get("Connection") == "close"
+    assert "larger than the limit of 200000 bytes" in json.loads(body)["error"]
+
+
+def test_corrupt_upload_is_400(api: ApiServer, tmp_path: Path) -> None:
+    good = write_wav(tmp_path / "g.wav", scenario(16000), 16000).read_bytes()
+    truncated = good[: len(good) // 2]
+    status, _, body = request(api, "POST", "/score?name=cut.wav", truncated)
+    payload = json.loads(body)
+    assert status == 400 and payload["file"] == "cut.wav"
+    assert "truncated WAV" in payload["error"]
+
+    status, _, body = request(api, "POST", "/score", b"this is not audio at all")
+    assert status == 400 and "expected WAV, FLAC, OGG or MP3" in json.loads(body)["error"]
+
+    body, content_type = _multipart("x.wav", b"", field="note2")
+    body = body.replace(b'; filename="x.wav"', b"")
+    status, _, data = request(api, "POST", "/score", body, {"Content-Type": content_type})
+    assert status == 400 and "expected a file part" in json.loads(data)["error"]
+
+    status, _, data = request(api, "POST", "/score", b"", {"Content-Type": "audio/wav"})
+    assert status == 400 and "empty" in json.loads(data)["error"]
+    metrics = request(api, "GET", "/metrics")[2].decode()
+    assert "clad_api_score_errors_total 4" in metrics.splitlines()
+
+
+def test_unknown_endpoint_is_404(api: ApiServer) -> None:
+    assert request(api, "GET", "/nope")[0] == 404
+    assert request(api, "POST", "/health", b"")[0] == 404
+
+
+def test_token_is_checked_on_every_endpoint(scorer: Scorer, state: AgentState, tmp_path) -> None:
+    server = _server(scorer, state, token=TOKEN)
+    try:
+        for method, path in (
+            ("GET", "/health"),
+            ("GET", "/status"),
+            ("GET", "/metrics"),
+            ("POST", "/score"),
+        ):
+            status, headers, body = request(server, method, path, b"")
+            assert status == 401 and "missing" in json.loads(body)["error"]
+            assert headers["WWW-Authenticate"].startswith("Bearer")
+            wrong = {"Authorization": "Bearer not-it"}
+            status, _, body = request(server, method, path, b"", wrong)
+            assert status == 401 and "wrong" in json.loads(body)["error"]
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert request(server, "GET", "/status", None, good)[0] == 200
+        wav = write_wav(tmp_path / "a.wav", scenario(16000), 16000).read_bytes()
+        assert request(server, "POST", "/score", wav, good)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_a_token_is_required_beyond_loopback() -> None:
+    for listen in ("0.0.0.0:8787", "192.168.1.20:8787", "[::]:8787", "pi.local:8787"):
+        with pytest.raises(ConfigError, match="a bearer token is required"):
+            require_token_if_exposed(listen, None)
+        require_token_if_exposed(listen, TOKEN)
+    for listen in ("127.0.0.1:8787", "localhost:8787", "[::1]:8787", "127.0.0.2:1"):
+        require_token_if_exposed(listen, None)
+
+
+def test_listen_refuses_to_expose_the_api_without_a_token(fixture_bundle, tmp_path) -> None:
+    audio = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "listen",
+            "--bundle",
+            str(fixture_bundle),
+            "--source",
+            str(audio),
+            "--api",
+            "0.0.0.0:0",
+        ],
+        cwd=REPO,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "a bearer token is required" in out.stderr
+
+
+def test_health_is_503_while_the_microphone_is_missing(scorer: Scorer, tmp_path, monkeypatch):
+    pytest.importorskip("pyaudio")
+    from device.sources import MicSource
+
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(write_alsa_file_mic(tmp_path / "a.conf", None)))
+    source = MicSource(device="usb", backoff_initial_s=0.05, backoff_max_s=0.1)
+    state = AgentState({}, source_stats=lambda: source.stats)
+    server = _server(scorer, state)
+    source.start()
+    try:
+        deadline = time.monotonic() + 10
+        while source.stats.state != "backoff" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status, _, body = request(server, "GET", "/health")
+        payload = json.loads(body)
+        assert status == 503 and payload == dict(payload, status="degraded", source_state="backoff")
+        status_payload = json.loads(request(server, "GET", "/status")[2])
+        assert "no input device whose name contains 'usb'" in status_payload["source"]["last_error"]
+    finally:
+        source.stop()
+        server.stop()
+
+
+def test_live_agent_serves_status_while_listening(fixture_bundle, tmp_path) -> None:
+    """`listen --api` end to end: the start event names the port; /status follows the stream."""
+    audio = write_wav(tmp_path / "a.wav", np.tile(scenario(16000), 3), 16000)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "device",
+            "listen",
+            "--bundle",
+            str(fixture_bundle),
+            "--source",
+            str(audio),
+            "--realtime",
+            "--json",
+            "--api",
+            "127.0.0.1:0",
+            "--api-token-file",
+            str(token_file),
+        ],
+        cwd=REPO,
+        env=device_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        start = json.loads(process.stdout.readline())
+        assert start["type"] == "start" and start["api"].startswith("http://127.0.0.1:")
+        port = int(start["api"].rsplit(":", 1)[1])
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        assert request(("127.0.0.1", port), "GET", "/status")[0] == 401
+        deadline = time.monotonic() + 20
+        scored = 0
+        while scored < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, _, body = request(("127.0.0.1", port), "GET", "/status", None, good)
+            assert status == 200
+            scored = json.loads(body)["windows_scored"]
+        assert scored >= 3
+        status, _, body = request(("127.0.0.1", port), "GET", "/health", None, good)
+        assert status == 200 and json.loads(body)["source_state"] == "running"
+        process.terminate()
+        process.wait(timeout=15)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
