@@ -1,0 +1,312 @@
+"""clad-agent's command line, settings (TOML + flags), and the deployment files."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from device.cli import _parser, listen_settings, main
+from device.config import ConfigError, Settings, load_settings
+from tests.device_fixtures import (
+    REPO,
+    bundle_for,
+    json_lines,
+    noise,
+    run_device,
+    scenario,
+    silence,
+    write_wav,
+)
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(request: pytest.FixtureRequest) -> Path:
+    return bundle_for(request)
+
+
+@pytest.fixture
+def mixed_files(tmp_path: Path) -> list[Path]:
+    good_wav = write_wav(tmp_path / "speechlike.wav", scenario(48000), 48000)
+    good_flac = tmp_path / "noise.flac"
+    sf.write(good_flac, np.stack([noise(1.2, 44100, 0.3)] * 2, 1), 44100, format="FLAC")
+    quiet = write_wav(tmp_path / "quiet.wav", silence(0.5, 16000), 16000)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(good_wav.read_bytes()[:5000])
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio\n")
+    return [good_wav, truncated, good_flac, text, tmp_path / "missing.mp3", quiet]
+
+
+def test_score_reports_each_bad_file_and_goes_on(fixture_bundle, mixed_files) -> None:
+    out = run_device(["score", *map(str, mixed_files), "--bundle", str(fixture_bundle), "--json"])
+    assert out.returncode == 1  # some files failed
+    lines = json_lines(out.stdout)
+    assert [line["file"] for line in lines] == [str(p) for p in mixed_files]
+    good, truncated, flac, text, missing, quiet = lines
+    for result in (good, flac, quiet):
+        assert set(result) == {
+            "file",
+            "score",
+            "decision",
+            "windows",
+            "silent_windows",
+            "duration_s",
+        }
+    assert good["decision"] == "bonafide" and good["duration_s"] == pytest.approx(3.5)
+    assert flac["decision"] == "spoof" and flac["score"] > 0.8
+    assert quiet["decision"] == "silence"
+    for bad in (truncated, text, missing):
+        assert set(bad) == {"file", "error"}
+    assert "truncated WAV" in truncated["error"]
+    assert "expected WAV, FLAC, OGG or MP3" in text["error"]
+    assert missing["error"] == "file not found"
+    assert "3 of 6 file(s) could not be scored" in out.stderr.decode()
+
+
+def test_score_all_good_exits_0_and_human_output(fixture_bundle, mixed_files) -> None:
+    good = [str(mixed_files[0]), str(mixed_files[2])]
+    out = run_device(["score", *good, "--bundle", str(fixture_bundle), "--model", "fp32"])
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode().splitlines()
+    assert text[0].startswith(f"{good[0]}: bonafide") and "P(spoof)=" in text[0]
+    assert text[1].startswith(f"{good[1]}: spoof")
+
+
+def test_score_with_a_bad_bundle_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["score", "x.wav", "--bundle", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_listen_without_a_bundle_exits_2(capsys) -> None:
+    assert main(["listen", "--source", "stdin", "--rate", "16000"]) == 2
+    assert "no bundle" in capsys.readouterr().err
+
+
+def test_listen_stdin_without_a_rate_exits_2(fixture_bundle, capsys) -> None:
+    assert main(["listen", "--bundle", str(fixture_bundle), "--source", "stdin"]) == 2
+    assert "give its sample rate with --rate" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_example_settings_file_loads() -> None:
+    settings = load_settings(REPO / "deploy" / "clad-agent.toml")
+    assert settings.model.bundle == "/opt/clad-agent/bundle"
+    assert settings.model.model_format == "int8" and settings.source.kind == "mic"
+    assert settings.events.file == "/var/lib/clad-agent/events.jsonl"
+    assert settings.api.listen == "127.0.0.1:8787"
+    # Every key the example shows is a real setting with the default documented next to it,
+    # except the ones it sets for the Pi.
+    defaults = Settings()
+    assert settings.decision == defaults.decision
+    assert settings.source == defaults.source
+
+
+def test_settings_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[decision]\nsmothing_windows = 3\n")
+    with pytest.raises(
+        ConfigError, match=r"a\.toml \[decision\]: unknown setting 'smothing_windows'"
+    ):
+        load_settings(path)
+    path.write_text("[decision]\nmargin = 'wide'\n")
+    with pytest.raises(ConfigError, match=r"margin: expected float, got str 'wide'"):
+        load_settings(path)
+    path.write_text("[decision]\nmargin = 0.9\n")
+    with pytest.raises(ConfigError, match=r"decision.margin: expected a value in \[0, 0.5\)"):
+        load_settings(path)
+    path.write_text("[speaker]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[speaker\]"):
+        load_settings(path)
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path)
+    with pytest.raises(ConfigError, match="settings file not found"):
+        load_settings(tmp_path / "none.toml")
+    path.write_text('[api]\nlisten = "8787"\n')
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        load_settings(path)
+
+
+def test_flags_override_the_settings_file(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[model]\nbundle = "/b"\nnum_threads = 2\n'
+        '[source]\nkind = "mic"\ndevice = "USB"\nchunk_ms = 32\n'
+        "[decision]\nsmoothing_windows = 5\n"
+        "[events]\nheartbeat_s = 10\n"
+    )
+    args = _parser().parse_args(
+        [
+            "listen",
+            "--config",
+            str(path),
+            "--source",
+            "/audio/a.wav",
+            "--margin",
+            "0.1",
+            "--model",
+            "fp32",
+            "--json",
+        ]
+    )
+    settings = listen_settings(args)
+    assert settings.model.bundle == "/b" and settings.model.num_threads == 2  # from the file
+    assert settings.model.model_format == "fp32"  # flag
+    assert settings.source.kind == "file" and settings.source.path == "/audio/a.wav"  # flag
+    assert settings.source.device == "USB" and settings.source.chunk_ms == 32.0  # file
+    assert settings.decision.smoothing_windows == 5 and settings.decision.margin == 0.1
+    assert settings.events.heartbeat_s == 10.0 and settings.events.json is True
+
+
+def test_listen_runs_from_a_settings_file(fixture_bundle, tmp_path: Path) -> None:
+    audio = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    events = tmp_path / "ev" / "events.jsonl"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[model]\nbundle = "{fixture_bundle}"\n'
+        f'[source]\nkind = "file"\npath = "{audio}"\n'
+        f'[events]\nstdout = false\nfile = "{events}"\nevery_window = true\n'
+    )
+    out = run_device(["listen", "--config", str(config), "--smoothing-windows", "2"])
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout == b""
+    lines = json_lines(events.read_text())
+    start = lines[0]
+    assert start["settings"]["decision"]["smoothing_windows"] == 2
+    assert start["settings"]["events"]["every_window"] is True
+    assert start["model_format"] == "int8" and start["runtime"] == "ai_edge_litert.interpreter"
+    assert sum(e["type"] in ("window", "decision") for e in lines) == 27
+    assert lines[-1]["type"] == "stop" and lines[-1]["reason"] == "end of stream"
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
+    unit_path = REPO / "deploy" / "clad-agent.service"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys are case-sensitive
+    unit.read(unit_path)
+    service = unit["Service"]
+    assert service["User"] == "clad" and service["SupplementaryGroups"] == "audio"
+    assert service["Restart"] == "on-failure"
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert "/var/lib/clad-agent" in service["ReadWritePaths"].split()
+    assert service["ExecStart"].endswith("listen --config /etc/clad-agent/clad-agent.toml")
+    assert service["KillSignal"] == "SIGTERM"
+    # The example settings write events where the unit lets the service write.
+    events_file = load_settings(REPO / "deploy" / "clad-agent.toml").events.file
+    assert events_file.startswith("/var/lib/clad-agent/")
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    checked = tmp_path / "clad-agent.service"
+    checked.write_text(
+        unit_path.read_text().replace(
+            "ExecStart=/opt/clad-agent/venv/bin/clad-agent", "ExecStart=/bin/true"
+        )
+    )
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(checked)], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+
+
+def _deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "deploy.sh"), *args],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_deploy_dry_run_prints_every_step(fixture_bundle) -> None:
+    out = _deploy("pi@raspberrypi.local", str(fixture_bundle), DRY_RUN="1")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for expected in (
+        "+ ssh pi@raspberrypi.local",
+        "tar -C",
+        "apt-get install -y -qq --no-install-recommends python3-venv python3-dev portaudio19-dev",
+        "useradd --system --user-group",
+        "--groups audio clad",
+        "--no-deps -r /opt/clad-agent/app/requirements/device.txt",
+        "pyaudio==0.2.14",
+        "/etc/systemd/system/clad-agent.service",
+        "+ systemctl enable clad-agent.service",
+        "+ systemctl restart clad-agent.service",
+    ):
+        assert expected in text, expected
+
+
+def test_deploy_refuses_bad_arguments(tmp_path: Path) -> None:
+    out = _deploy("pi@host")
+    assert out.returncode == 2 and "usage:" in out.stderr
+    out = _deploy("pi@host", str(tmp_path), DRY_RUN="1")
+    assert out.returncode == 1 and "expected a bundle directory with manifest.json" in out.stderr
+    out = _deploy("-oProxyCommand=x", str(tmp_path), DRY_RUN="1")
+    assert out.returncode == 2 and "expected user@host" in out.stderr
+
+
+def test_deploy_copies_device_and_bundle(fixture_bundle, tmp_path: Path) -> None:
+    """The copy path for real (tar through the ssh pipe) with a stand-in for ssh and sudo.
+
+    There is no Pi to reach from here: `ssh` is replaced by a script that runs the remote
+    command in a local directory standing for the Pi user's home, and `sudo` by one that runs
+    the installer in its own dry-run mode (root, apt and systemd are the Pi's business).
+    """
+    home = tmp_path / "pi-home"
+    home.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        "#!/usr/bin/env bash\n"
+        "while [[ $1 == -* ]]; do shift; done\n"  # options (-t)
+        "shift\n"  # user@host
+        f'cd "{home}" && exec bash -c "$*"\n'
+    )
+    (bin_dir / "sudo").write_text('#!/usr/bin/env bash\nexec env DRY_RUN=1 "$@"\n')
+    for tool in ("ssh", "sudo"):
+        (bin_dir / tool).chmod(0o755)
+    out = _deploy(
+        "pi@raspberrypi.local", str(fixture_bundle), PATH=f"{bin_dir}:{os.environ['PATH']}"
+    )
+    assert out.returncode == 0, out.stderr
+    staging = home / ".cache" / "clad-agent-deploy"
+    for name in (
+        "device/cli.py",
+        "device/audio.py",
+        "requirements/device.txt",
+        "deploy/clad-agent.service",
+        "deploy/install-on-pi.sh",
+    ):
+        assert (staging / name).read_bytes() == (REPO / name).read_bytes(), name
+    assert not list(staging.glob("device/__pycache__"))
+    for model in fixture_bundle.iterdir():
+        copied = staging / "bundle" / model.name
+        assert (
+            hashlib.sha256(copied.read_bytes()).digest()
+            == hashlib.sha256(model.read_bytes()).digest()
+        )
+    assert "+ systemctl restart clad-agent.service" in out.stdout  # the installer ran there
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed")
+    scripts = [REPO / "scripts" / "deploy.sh", REPO / "deploy" / "install-on-pi.sh"]
+    out = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
