@@ -1,0 +1,720 @@
+"""Plan the rows, run each in a fresh worker process, interleaved over rounds, and aggregate.
+
+Every (format, runtime, environment, threads) row runs `rounds` times, each time in a new
+process (`benchmarks.worker`) that only loads and runs that format. Round r runs the rows
+in the table's order, round r+1 in reverse, so slow drift of a shared machine (another
+job starting, the clock changing) falls on every row alike instead of on the last ones.
+The latencies of all rounds are pooled; each round's median is kept, and their spread
+says how stable the median is.
+
+Cold start is measured by the parent: from just before it spawns the worker to the
+moment the worker has its first score (both on CLOCK_MONOTONIC), so it includes the
+interpreter start, the imports, loading the model and the first inference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.formats import (
+    ENVIRONMENTS,
+    FORMATS,
+    RUNTIMES,
+    Environment,
+    Format,
+    Runtime,
+    venv_python,
+)
+from benchmarks.machine import Peak, derive_peaks, read_cpu_info
+from benchmarks.worker import RESULT_MARKER
+from device.audio import SAMPLE_RATE, normalize_windows
+from device.bundle import Bundle, BundleError, load_bundle, sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA_VERSION = 1
+LATENCY_DEFINITION = (
+    "one normalized window in, logits out, timed in the worker process after warm-up: "
+    "input cast or int8 quantization, the runtime's invoke, output read and dequantization "
+    "(TFLite rows run device.runtime.Scorer.score_window, the device's own path)"
+)
+RTF_DEFINITION = (
+    "real-time factor = median per-window latency / hop duration: the share of one core-time "
+    "budget a stream uses when it scores one window every hop; below 1 keeps up with live audio"
+)
+COLD_START_DEFINITION = (
+    "process start to first score: from the parent's spawn of a fresh Python process to the "
+    "worker's first logits (interpreter start, imports, model load, first inference); median "
+    "over rounds, with the OS file cache warm after the first"
+)
+RSS_DEFINITION = "peak resident set (ru_maxrss) of the worker process, which loads only that format"
+EFFICIENCY_DEFINITION = (
+    "MACs per window / median latency, as a share of this machine's peak for the row's "
+    "precision at the same thread count"
+)
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark cannot start (no bundle, bad settings); failing rows are not errors."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    bundle: Path
+    out_dir: Path = REPO / "benchmarks" / "results"
+    rounds: int = 3
+    seconds_per_row: float = 4.5  # measured time per row, over all its rounds together
+    warmup_s: float = 0.3
+    warmup_min_runs: int = 5
+    min_runs_per_round: int = 20
+    max_runs_per_round: int = 20_000
+    threads: tuple[int, ...] = ()  # () -> 1 and every usable core
+    only: tuple[str, ...] = ()  # keep rows whose format, runtime or environment key is listed
+    worker_timeout_s: float = 180.0
+    measure_peak: bool = True
+    plots: bool = True
+    check_windows: int = 8
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise BenchmarkError(f"rounds must be at least 1, got {self.rounds}")
+        if self.seconds_per_row <= 0:
+            raise BenchmarkError(f"seconds_per_row must be positive, got {self.seconds_per_row}")
+        if any(t < 1 for t in self.threads):
+            raise BenchmarkError(f"thread counts must be at least 1, got {list(self.threads)}")
+        known = set(FORMATS) | set(RUNTIMES) | {e.key for e in ENVIRONMENTS}
+        unknown = sorted(set(self.only) - known)
+        if unknown:
+            raise BenchmarkError(f"--only {unknown}: expected keys from {sorted(known)}")
+
+    def selects(self, fmt: Format, runtime: Runtime, environment: Environment) -> bool:
+        """--only: within a kind (formats, runtimes, environments) any listed key matches;
+        across kinds all must, so `--only current tflite_int8` is int8 in this interpreter."""
+        for kind_keys, value in (
+            (set(FORMATS), fmt.key),
+            (set(RUNTIMES), runtime.key),
+            ({e.key for e in ENVIRONMENTS}, environment.key),
+        ):
+            wanted = set(self.only) & kind_keys
+            if wanted and value not in wanted:
+                return False
+        return True
+
+    def thread_counts(self, cores: int) -> tuple[int, ...]:
+        return tuple(sorted(set(self.threads or (1, cores))))
+
+
+@dataclass
+class Row:
+    """One line of the table, planned, then filled in by its workers."""
+
+    format: Format
+    runtime: Runtime
+    environment: Environment
+    threads: int
+    python: str
+    model_file: str = ""  # path of the file measured (the checkpoint for PyTorch)
+    size_bytes: int | None = None
+    status: str = "pending"  # "ok" | "failed" | "skipped"
+    reason: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    cold_starts_ms: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.format.key}/{self.runtime.key}/{self.environment.key}/{self.threads}"
+
+    def fail(self, reason: str) -> None:
+        if self.status != "failed":
+            self.status, self.reason = "failed", reason
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def pytorch_weights(bundle: Bundle) -> tuple[Path | None, str]:
+    """The checkpoint the bundle was converted from, or None with the reason it is not there.
+
+    A bundle carries no PyTorch weights (a Pi does not need them); the converter records
+    the checkpoint it read in the manifest's `data`, so on the machine that converted the
+    bundle the PyTorch row rebuilds CLAD from that checkpoint's own config and weights.
+    """
+    data = bundle.manifest.data
+    candidates: list[Path] = []
+    for key in ("checkpoint", "source_checkpoint"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            candidates.append(Path(value))
+        elif isinstance(value, dict) and isinstance(value.get("path"), str):
+            candidates.append(Path(value["path"]))
+    for key in ("run_dir", "run"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            candidates.append(Path(value) / "best.pt")
+    if not candidates:
+        return None, (
+            f"{bundle.root / 'manifest.json'} records no checkpoint (data.checkpoint or "
+            "data.run_dir): PyTorch needs the run the bundle was converted from"
+        )
+    for candidate in candidates:
+        for path in (candidate, REPO / candidate, bundle.root / candidate):
+            if path.is_file():
+                return path.resolve(), ""
+    return None, (
+        f"the checkpoint the bundle was converted from is not on this machine "
+        f"(looked for {', '.join(str(c) for c in candidates)})"
+    )
+
+
+def _runtime_installed(runtime: Runtime) -> bool:
+    try:
+        return importlib.util.find_spec(runtime.module.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _same_interpreter(python: Path) -> bool:
+    try:
+        return Path(sys.prefix).resolve() == python.parent.parent.resolve()
+    except OSError:
+        return False
+
+
+def plan_rows(bundle: Bundle, settings: BenchSettings, cores: int) -> list[Row]:
+    rows: list[Row] = []
+    weights, weights_reason = pytorch_weights(bundle)
+    verified: dict[str, str] = {}  # file name -> "" when its sha256 matches, else the problem
+    for environment in ENVIRONMENTS:
+        python = venv_python(REPO, environment)
+        env_reason = ""
+        if python is not None:
+            if _same_interpreter(python):
+                continue  # the benchmark itself runs in this venv: its rows are the current ones
+            if not python.is_file():
+                env_reason = (
+                    f"no {environment.venv_dir}/ in {REPO}; build it with {environment.build_hint}"
+                )
+        runtimes = list(environment.runtimes)
+        if python is None:
+            runtimes += [
+                r for r in environment.optional_runtimes if _runtime_installed(RUNTIMES[r])
+            ]
+        for runtime_key in runtimes:
+            runtime = RUNTIMES[runtime_key]
+            for format_key in runtime.formats:
+                fmt = FORMATS[format_key]
+                if not settings.selects(fmt, runtime, environment):
+                    continue
+                for threads in settings.thread_counts(cores):
+                    row = Row(fmt, runtime, environment, threads, str(python or sys.executable))
+                    rows.append(row)
+                    if env_reason:
+                        row.status, row.reason = "skipped", env_reason
+                        continue
+                    _attach_model(row, bundle, weights, weights_reason, verified)
+    return rows
+
+
+def _attach_model(
+    row: Row,
+    bundle: Bundle,
+    weights: Path | None,
+    weights_reason: str,
+    verified: dict[str, str],
+) -> None:
+    fmt = row.format
+    if fmt.bundle_format is None:
+        if weights is None:
+            row.status, row.reason = "skipped", weights_reason
+            return
+        row.model_file, row.size_bytes = str(weights), weights.stat().st_size
+        config = bundle.manifest.extra.get("model", {}).get("config")
+        row.spec = {"checkpoint": str(weights), "model_config": config}
+        return
+    try:
+        name = bundle.manifest.model_file(fmt.bundle_format)
+    except BundleError as error:
+        row.status, row.reason = "skipped", str(error)
+        return
+    path = bundle.path(name)
+    row.model_file = str(path)
+    if name not in verified:
+        verified[name] = _verify_file(bundle, name)
+    if verified[name]:
+        row.fail(verified[name])
+        return
+    row.size_bytes = path.stat().st_size
+    row.spec = {"model_path": str(path)}
+
+
+def _verify_file(bundle: Bundle, name: str) -> str:
+    """The empty string when the file is as the manifest lists it, else what differs."""
+    entry = bundle.manifest.files[name]
+    path = bundle.path(name)
+    if not path.is_file():
+        return f"{path}: listed in the manifest, but missing"
+    size = path.stat().st_size
+    if size != entry.bytes:
+        return f"{path}: {size} bytes, the manifest lists {entry.bytes} (changed after conversion)"
+    digest = sha256_of(path)
+    if digest != entry.sha256:
+        return (
+            f"{path}: sha256 {digest[:12]}..., the manifest lists {entry.sha256[:12]}... "
+            "(changed after conversion)"
+        )
+    return ""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def benchmark_windows(window_samples: int, count: int, seed: int = 0) -> np.ndarray:
+    """Normalized windows of speech-band tones in noise: the same inputs for every row."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(window_samples) / SAMPLE_RATE
+    windows = []
+    for i in range(count):
+        f0 = 110.0 + 40.0 * i
+        voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 + i) * t)
+        windows.append(envelope * voiced + 0.05 * (1 + i % 3) * rng.standard_normal(t.size))
+    return normalize_windows(np.asarray(windows, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def call_worker(
+    python: str, spec: dict[str, Any], threads: int, timeout_s: float
+) -> tuple[dict[str, Any], int, int]:
+    """Run one worker; return (its result, spawn monotonic ns, end monotonic ns). Never raises
+    for a worker that crashes, hangs or answers garbage: that is a failed result."""
+    spawn_ns = time.monotonic_ns()
+    try:
+        proc = subprocess.run(
+            [python, "-m", "benchmarks.worker"],
+            input=json.dumps(spec),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=worker_env(threads),
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        return (
+            {"status": "failed", "reason": f"the worker did not finish in {timeout_s:.0f} s"},
+            spawn_ns,
+            time.monotonic_ns(),
+        )
+    except OSError as error:
+        return (
+            {"status": "failed", "reason": f"cannot start {python}: {error}"},
+            spawn_ns,
+            time.monotonic_ns(),
+        )
+    end_ns = time.monotonic_ns()
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            try:
+                return json.loads(line[len(RESULT_MARKER) :]), spawn_ns, end_ns
+            except json.JSONDecodeError as error:
+                return (
+                    {"status": "failed", "reason": f"unreadable worker answer ({error})"},
+                    spawn_ns,
+                    end_ns,
+                )
+    if proc.returncode < 0:
+        import signal
+
+        try:
+            how = f"was killed by {signal.Signals(-proc.returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-proc.returncode}"
+    else:
+        how = f"exited with status {proc.returncode}"
+    tail = " | ".join(line.strip() for line in proc.stderr.strip().splitlines()[-3:])
+    return (
+        {"status": "failed", "reason": f"the worker {how} without an answer; stderr: {tail}"},
+        spawn_ns,
+        end_ns,
+    )
+
+
+def _row_spec(row: Row, settings: BenchSettings, windows_path: Path, bundle: Bundle) -> dict:
+    return {
+        "mode": "measure",
+        "format": row.format.key,
+        "runtime": row.runtime.key,
+        "bundle": str(bundle.root),
+        "threads": row.threads,
+        "windows_path": str(windows_path),
+        "check_windows": settings.check_windows,
+        "warmup_s": settings.warmup_s,
+        "warmup_min_runs": settings.warmup_min_runs,
+        "measure_s": settings.seconds_per_row / settings.rounds,
+        "min_runs": settings.min_runs_per_round,
+        "max_runs": settings.max_runs_per_round,
+        **row.spec,
+    }
+
+
+def measure_fp32_peaks(
+    thread_counts: Iterable[int], timeout_s: float
+) -> tuple[dict[int, float | None], dict[int, str]]:
+    rates: dict[int, float | None] = {}
+    problems: dict[int, str] = {}
+    for threads in thread_counts:
+        result, _, _ = call_worker(
+            sys.executable, {"mode": "gemm", "size": 1024, "seconds": 0.5}, threads, timeout_s
+        )
+        if result.get("status") == "ok":
+            rates[threads] = float(result["macs_per_s"])
+        else:
+            rates[threads] = None
+            problems[threads] = str(result.get("reason", "unknown"))
+    return rates, problems
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    quantiles = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+    stats = {f"p{q}": float(np.percentile(values, q)) for q in quantiles}
+    stats.update(
+        median=stats["p50"],
+        mean=float(values.mean()),
+        min=float(values.min()),
+        max=float(values.max()),
+        n=int(values.size),
+    )
+    return stats
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def summarize_row(
+    row: Row,
+    hop_s: float,
+    macs_per_window: int,
+    peaks: dict[tuple[str, int], Peak],
+    accuracy: dict[str, dict[str, float | None]],
+) -> dict[str, Any]:
+    acc = accuracy.get(row.format.key, {})
+    out: dict[str, Any] = {
+        "key": row.key,
+        "format": row.format.key,
+        "format_label": row.format.label,
+        "precision": row.format.precision,
+        "runtime": row.runtime.key,
+        "environment": row.environment.key,
+        "python": row.python,
+        "threads": row.threads,
+        "status": row.status,
+        "reason": row.reason,
+        "model_file": row.model_file,
+        "size_bytes": row.size_bytes,
+        "eer": acc.get("eer"),
+        "agreement": acc.get("agreement"),
+        "runtime_version": None,
+        "latency_ms": None,
+        "round_medians_ms": [],
+        "round_spread": None,
+        "rtf": None,
+        "cold_start_ms": None,
+        "cold_starts_ms": [],
+        "load_ms": None,
+        "peak_rss_bytes": None,
+        "macs_per_s": None,
+        "efficiency": None,
+        "speedup_vs_pytorch": None,
+        "logits": None,
+    }
+    versions = {r.get("runtime_version") for r in row.results if r.get("runtime_version")}
+    if versions:
+        out["runtime_version"] = ", ".join(sorted(versions))
+    rss = [r["peak_rss_bytes"] for r in row.results if r.get("peak_rss_bytes")]
+    if rss:
+        out["peak_rss_bytes"] = max(rss)
+    if row.status != "ok":
+        return out
+    stats = latency_stats(row.latencies_ms)
+    medians = [float(np.median(r["latencies_ms"])) for r in row.results if r.get("latencies_ms")]
+    median_ms = stats["median"]
+    peak = peaks.get((row.format.precision, row.threads))
+    macs_per_s = macs_per_window / (median_ms / 1000.0) if macs_per_window else None
+    out.update(
+        latency_ms=stats,
+        round_medians_ms=medians,
+        round_spread=(max(medians) - min(medians)) / median_ms if len(medians) > 1 else 0.0,
+        rtf=median_ms / 1000.0 / hop_s,
+        cold_start_ms=statistics.median(row.cold_starts_ms) if row.cold_starts_ms else None,
+        cold_starts_ms=row.cold_starts_ms,
+        load_ms=statistics.median(r["load_ms"] for r in row.results),
+        macs_per_s=macs_per_s,
+        efficiency=_ratio(macs_per_s, peak.macs_per_s if peak else None),
+        logits=row.results[0].get("logits"),
+    )
+    return out
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """speedup_vs_pytorch = PyTorch's median / the row's median, at the same thread count."""
+    reference = {
+        r["threads"]: r["latency_ms"]["median"]
+        for r in rows
+        if r["format"] == "pytorch" and r["status"] == "ok"
+    }
+    for r in rows:
+        if r["status"] == "ok":
+            r["speedup_vs_pytorch"] = _ratio(reference.get(r["threads"]), r["latency_ms"]["median"])
+
+
+def add_agreement_check(rows: list[dict[str, Any]]) -> None:
+    """Max |P(spoof) difference| on the benchmark windows against the first fp32 reference row.
+
+    Not an accuracy figure (those come from parity.json): a check that every row ran the
+    same model on the same inputs.
+    """
+    ok = [r for r in rows if r["status"] == "ok" and r["logits"]]
+    reference = next((r for r in ok if r["format"] == "pytorch"), None) or next(
+        (r for r in ok if r["precision"] == "fp32"), None
+    )
+    if reference is None:
+        return
+
+    def p_spoof(logits: list[list[float]]) -> np.ndarray:
+        x = np.asarray(logits, dtype=np.float64)
+        x = x - x.max(axis=1, keepdims=True)
+        return np.exp(x[:, 1]) / np.exp(x).sum(axis=1)
+
+    ref = p_spoof(reference["logits"])
+    for r in ok:
+        mine = p_spoof(r["logits"])
+        if mine.shape == ref.shape:
+            r["p_spoof_max_diff_vs_reference"] = float(np.abs(mine - ref).max())
+            r["reference_row"] = reference["key"]
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """int8 against fp32 TFLite and against PyTorch, per runtime, environment and threads."""
+    out = []
+    by_key = {(r["format"], r["runtime"], r["environment"], r["threads"]): r for r in rows}
+    for r in rows:
+        if r["format"] != "tflite_int8" or r["status"] != "ok":
+            continue
+        fp32 = by_key.get(("tflite_fp32", r["runtime"], r["environment"], r["threads"]))
+        item = {
+            "runtime": r["runtime"],
+            "runtime_version": r["runtime_version"],
+            "environment": r["environment"],
+            "threads": r["threads"],
+            "int8_median_ms": r["latency_ms"]["median"],
+            "int8_vs_pytorch": r["speedup_vs_pytorch"],
+            "int8_vs_tflite_fp32": None,
+        }
+        if fp32 and fp32["status"] == "ok":
+            item["int8_vs_tflite_fp32"] = fp32["latency_ms"]["median"] / r["latency_ms"]["median"]
+        out.append(item)
+    return out
+
+
+def read_accuracy(bundle: Bundle) -> tuple[dict[str, dict[str, float | None]], str]:
+    """EER and agreement per format key from the bundle's parity.json, and a note on its source."""
+    path = bundle.root / "parity.json"
+    if not path.is_file():
+        return {}, f"{path} not found: no accuracy columns"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return {}, f"{path}: not valid JSON ({error}); no accuracy columns"
+    from benchmarks.parity import accuracy_by_format
+
+    return accuracy_by_format(data), f"accuracy from {path}"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+Progress = Callable[[str, int, int], None]
+"""progress(description, done, total)."""
+
+
+def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
+    """Measure every row; return the report (the JSON document). Raises BenchmarkError only
+    when the benchmark cannot start at all (no readable bundle)."""
+    try:
+        bundle = load_bundle(settings.bundle, verify_files=False)
+    except BundleError as error:
+        raise BenchmarkError(str(error)) from error
+    started = datetime.now().astimezone()
+    load_before = _loadavg()
+    cpu = read_cpu_info()
+    manifest = bundle.manifest
+    rows = plan_rows(bundle, settings, cpu.cores)
+    thread_counts = settings.thread_counts(cpu.cores)
+    runnable = [r for r in rows if r.status == "pending"]
+    total = len(runnable) * settings.rounds + (len(thread_counts) if settings.measure_peak else 0)
+    done = 0
+    notify = progress or (lambda *_: None)
+
+    with tempfile.TemporaryDirectory(prefix="clad-bench-") as tmp:
+        windows_path = Path(tmp) / "windows.npy"
+        np.save(
+            windows_path,
+            benchmark_windows(manifest.audio.window_samples, max(1, settings.check_windows)),
+        )
+        for row in runnable:
+            row.spec = _row_spec(row, settings, windows_path, bundle)
+        for round_index in range(settings.rounds):
+            order = runnable if round_index % 2 == 0 else list(reversed(runnable))
+            for row in order:
+                notify(f"round {round_index + 1}/{settings.rounds}: {_label(row)}", done, total)
+                if row.status == "pending" or row.status == "ok":
+                    result, spawn_ns, _ = call_worker(
+                        row.python, row.spec, row.threads, settings.worker_timeout_s
+                    )
+                    result["round"] = round_index + 1
+                    row.results.append(result)
+                    _absorb(row, result, spawn_ns, round_index)
+                done += 1
+        measured: dict[int, float | None] = dict.fromkeys(thread_counts)
+        peak_problems: dict[int, str] = {}
+        if settings.measure_peak:
+            notify("compute peak: numpy fp32 matmul", done, total)
+            measured, peak_problems = measure_fp32_peaks(thread_counts, settings.worker_timeout_s)
+            done += len(thread_counts)
+        notify("done", total, total)
+
+    peaks = derive_peaks(cpu, measured)
+    accuracy, accuracy_note = read_accuracy(bundle)
+    summaries = [
+        summarize_row(r, manifest.audio.hop_s, manifest.macs_per_window, peaks, accuracy)
+        for r in rows
+    ]
+    add_ratios(summaries)
+    add_agreement_check(summaries)
+    finished = datetime.now().astimezone()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": started.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "host": socket.gethostname(),
+        "machine": {
+            "cpu": cpu.to_dict(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
+        },
+        "bundle": {
+            "path": str(bundle.root),
+            "model": manifest.model_name,
+            "parameters": manifest.parameters,
+            "macs_per_window": manifest.macs_per_window,
+            "window_samples": manifest.audio.window_samples,
+            "hop_samples": manifest.audio.hop_samples,
+            "sample_rate": manifest.audio.sample_rate,
+            "hop_ms": manifest.audio.hop_s * 1000.0,
+            "files": {name: entry.sha256 for name, entry in manifest.files.items()},
+        },
+        "settings": {
+            "rounds": settings.rounds,
+            "seconds_per_row": settings.seconds_per_row,
+            "warmup_s": settings.warmup_s,
+            "threads": list(thread_counts),
+            "only": list(settings.only),
+        },
+        "definitions": {
+            "latency": LATENCY_DEFINITION,
+            "rtf": RTF_DEFINITION,
+            "cold_start": COLD_START_DEFINITION,
+            "rss": RSS_DEFINITION,
+            "efficiency": EFFICIENCY_DEFINITION,
+            "speedup_vs_pytorch": "PyTorch eager median latency / the row's median latency, "
+            "same thread count",
+            "round_spread": "(max - min) of the per-round medians / the pooled median",
+        },
+        "peaks": [
+            {**_peak_dict(p), "problem": peak_problems.get(p.threads, "")} for p in peaks.values()
+        ],
+        "accuracy_source": accuracy_note,
+        "rows": summaries,
+        "comparisons": comparisons(summaries),
+    }
+
+
+def _label(row: Row) -> str:
+    where = "" if row.environment.key == "current" else f" [{row.environment.key}]"
+    return f"{row.format.label} / {row.runtime.key}{where} / {row.threads} thread(s)"
+
+
+def _absorb(row: Row, result: dict[str, Any], spawn_ns: int, round_index: int) -> None:
+    status = result.get("status")
+    if status == "ok":
+        row.latencies_ms.extend(result["latencies_ms"])
+        first = result.get("first_score_monotonic_ns")
+        if isinstance(first, int):
+            row.cold_starts_ms.append((first - spawn_ns) / 1e6)
+        if row.status == "pending":
+            row.status = "ok"
+    elif status == "skipped":
+        row.status, row.reason = "skipped", str(result.get("reason", ""))
+    else:
+        reason = str(result.get("reason", "no reason given"))
+        row.fail(reason if round_index == 0 else f"round {round_index + 1}: {reason}")
+
+
+def _peak_dict(peak: Peak) -> dict[str, Any]:
+    return {
+        "precision": peak.precision,
+        "threads": peak.threads,
+        "macs_per_s": peak.macs_per_s,
+        "flags_macs_per_s": peak.flags_macs_per_s,
+        "derivation": peak.derivation,
+    }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def results_stem(report: dict[str, Any]) -> str:
+    created = datetime.fromisoformat(report["created"])
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in report["host"]) or "host"
+    return f"{host}-{created.strftime('%Y-%m-%d-%H%M%S')}"
