@@ -104,6 +104,142 @@ def check_calibration_layout(calibration: np.ndarray, input_shape: tuple[int, ..
         raise ConversionError("calibration array holds no windows")
 
 
+class Onnx2tfJob:
+    """One onnx2tf run in a subprocess: `start()` returns at once, `wait()` checks the result.
+
+    Running in the background lets the caller decode and score audio meanwhile.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        calibration: np.ndarray,
+        work_dir: str | Path,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.onnx_path = Path(onnx_path)
+        self.work_dir = Path(work_dir)
+        self.timeout_s = timeout_s
+        if not self.onnx_path.is_file():
+            raise ConversionError(f"{self.onnx_path}: ONNX model not found")
+        self.input_name, input_shape = onnx_input(self.onnx_path)
+        if any(d <= 0 for d in input_shape):
+            raise ConversionError(
+                f"{self.onnx_path}: input {self.input_name!r} has a dynamic shape "
+                f"{list(input_shape)}; export with a fixed [1, window_samples] input"
+            )
+        check_calibration_layout(calibration, input_shape)
+        self.env = _tool_environment()
+        if shutil.which("onnxsim", path=self.env["PATH"]) is None:
+            raise ConversionError(
+                f"the `onnxsim` command is not on PATH (looked first in {_venv_bin()}); onnx2tf "
+                "would silently skip simplification. Install the convert extra into this venv."
+            )
+        self.calibration = calibration
+        self.out_dir = self.work_dir / "onnx2tf"
+        self.model_copy = self.work_dir / "model.onnx"
+        self.log_path = self.work_dir / "onnx2tf.log"
+        self.command: tuple[str, ...] = ()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = None
+        self._started = 0.0
+        self._original_sha256 = ""
+
+    def start(self) -> Onnx2tfJob:
+        if self.work_dir.exists():
+            shutil.rmtree(self.work_dir)
+        self.out_dir.mkdir(parents=True)
+        shutil.copyfile(self.onnx_path, self.model_copy)
+        calibration_path = self.work_dir / "calibration.npy"
+        np.save(calibration_path, np.ascontiguousarray(self.calibration, dtype=np.float32))
+        self._original_sha256 = _sha256(self.onnx_path)
+        self.command = (
+            sys.executable,
+            "-m",
+            "onnx2tf",
+            "-i",
+            str(self.model_copy),
+            "-o",
+            str(self.out_dir),
+            "-oiqt",
+            "-qt",
+            "per-channel",
+            "-cind",
+            self.input_name,
+            str(calibration_path),
+            "[0.0]",
+            "[1.0]",
+            "-iqd",
+            IO_DTYPE_INT8,
+            "-oqd",
+            IO_DTYPE_INT8,
+        )
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in wait)
+        self._started = time.perf_counter()
+        self._process = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.work_dir,
+        )
+        return self
+
+    def cancel(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def wait(self) -> TfliteConversion:
+        if self._process is None or self._log is None:
+            raise ConversionError("onnx2tf was not started")
+        remaining = max(1.0, self.timeout_s - (time.perf_counter() - self._started))
+        try:
+            returncode = self._process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired as error:
+            self.cancel()
+            raise ConversionError(
+                f"onnx2tf did not finish within {self.timeout_s:.0f} s; log: {self.log_path}"
+            ) from error
+        finally:
+            self._log.close()
+        seconds = time.perf_counter() - self._started
+        if _sha256(self.onnx_path) != self._original_sha256:
+            raise ConversionError(
+                f"{self.onnx_path}: changed during conversion (onnx2tf must get a copy)"
+            )
+        if returncode != 0:
+            raise ConversionError(
+                f"onnx2tf exited with status {returncode}; log: {self.log_path}\n"
+                + _log_tail(self.log_path)
+            )
+        stem = self.model_copy.stem
+        expected = {
+            "float32": self.out_dir / f"{stem}{ONNX2TF_FLOAT32_SUFFIX}",
+            "full-integer int8": self.out_dir / f"{stem}{ONNX2TF_INT8_SUFFIX}",
+        }
+        missing = [f"{kind} ({path.name})" for kind, path in expected.items() if not path.is_file()]
+        if missing:
+            found = sorted(p.name for p in self.out_dir.glob("*.tflite"))
+            raise ConversionError(
+                f"onnx2tf exited 0 but did not write {', '.join(missing)} in {self.out_dir}; it "
+                f"wrote {found or 'no .tflite files'}. A calibration array in the wrong layout "
+                f"does this. Log: {self.log_path}\n" + _log_tail(self.log_path)
+            )
+        return TfliteConversion(
+            float32_path=expected["float32"],
+            int8_path=expected["full-integer int8"],
+            log_path=self.log_path,
+            seconds=seconds,
+            command=self.command,
+            input_dtype=IO_DTYPE_INT8,
+            output_dtype=IO_DTYPE_INT8,
+        )
+
+
 def convert_onnx(
     onnx_path: str | Path,
     calibration: np.ndarray,
@@ -116,104 +252,7 @@ def convert_onnx(
     `calibration` holds normalized windows shaped like the ONNX input without its batch
     axis ([K, window_samples]); it is passed with mean 0 and std 1, i.e. unchanged.
     """
-    onnx_path = Path(onnx_path)
-    work_dir = Path(work_dir)
-    if not onnx_path.is_file():
-        raise ConversionError(f"{onnx_path}: ONNX model not found")
-    input_name, input_shape = onnx_input(onnx_path)
-    if any(d <= 0 for d in input_shape):
-        raise ConversionError(
-            f"{onnx_path}: input {input_name!r} has a dynamic shape {list(input_shape)}; "
-            "export with a fixed [1, window_samples] input"
-        )
-    check_calibration_layout(calibration, input_shape)
-
-    env = _tool_environment()
-    if shutil.which("onnxsim", path=env["PATH"]) is None:
-        raise ConversionError(
-            f"the `onnxsim` command is not on PATH (looked first in {_venv_bin()}); onnx2tf "
-            "would silently skip simplification. Install the convert extra into this venv."
-        )
-
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    out_dir = work_dir / "onnx2tf"
-    out_dir.mkdir(parents=True)
-    model_copy = work_dir / "model.onnx"
-    shutil.copyfile(onnx_path, model_copy)
-    calibration_path = work_dir / "calibration.npy"
-    np.save(calibration_path, np.ascontiguousarray(calibration, dtype=np.float32))
-    original_sha256 = _sha256(onnx_path)
-
-    command = (
-        sys.executable,
-        "-m",
-        "onnx2tf",
-        "-i",
-        str(model_copy),
-        "-o",
-        str(out_dir),
-        "-oiqt",
-        "-qt",
-        "per-channel",
-        "-cind",
-        input_name,
-        str(calibration_path),
-        "[0.0]",
-        "[1.0]",
-        "-iqd",
-        IO_DTYPE_INT8,
-        "-oqd",
-        IO_DTYPE_INT8,
-    )
-    log_path = work_dir / "onnx2tf.log"
-    started = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            completed = subprocess.run(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=work_dir,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise ConversionError(
-                f"onnx2tf did not finish within {timeout_s:.0f} s; log: {log_path}"
-            ) from error
-    seconds = time.perf_counter() - started
-
-    if _sha256(onnx_path) != original_sha256:
-        raise ConversionError(f"{onnx_path}: changed during conversion (onnx2tf must get a copy)")
-    if completed.returncode != 0:
-        raise ConversionError(
-            f"onnx2tf exited with status {completed.returncode}; log: {log_path}\n"
-            + _log_tail(log_path)
-        )
-    stem = model_copy.stem
-    expected = {
-        "float32": out_dir / f"{stem}{ONNX2TF_FLOAT32_SUFFIX}",
-        "full-integer int8": out_dir / f"{stem}{ONNX2TF_INT8_SUFFIX}",
-    }
-    missing = [f"{kind} ({path.name})" for kind, path in expected.items() if not path.is_file()]
-    if missing:
-        found = sorted(p.name for p in out_dir.glob("*.tflite"))
-        raise ConversionError(
-            f"onnx2tf exited 0 but did not write {', '.join(missing)} in {out_dir}; it wrote "
-            f"{found or 'no .tflite files'}. A calibration array in the wrong layout does this. "
-            f"Log: {log_path}\n" + _log_tail(log_path)
-        )
-    return TfliteConversion(
-        float32_path=expected["float32"],
-        int8_path=expected["full-integer int8"],
-        log_path=log_path,
-        seconds=seconds,
-        command=command,
-        input_dtype=IO_DTYPE_INT8,
-        output_dtype=IO_DTYPE_INT8,
-    )
+    return Onnx2tfJob(onnx_path, calibration, work_dir, timeout_s=timeout_s).start().wait()
 
 
 def _log_tail(log_path: Path) -> str:

@@ -1,0 +1,7 @@
+"""`python -m convert`: see convert.cli."""
+
+import sys
+
+from convert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,443 @@
+"""The parity gate: every format scores the held-out files, and must agree with PyTorch.
+
+Each eval file is decoded and cut once (`train.scoring.prepare_file`: the device front
+end, silent windows dropped). Every format then computes the logits of every window, and
+the file score follows the one rule of `train.scoring.aggregate` (mean of the window
+logits, softmax). Rows:
+
+    torch                      the reference
+    onnx                       onnxruntime, batch-1 graph
+    fp32, int8                 the bundle's TFLite files through `device.runtime.Scorer`,
+                               i.e. the code the device runs (ai-edge-litert, XNNPACK on)
+    fp32/int8 @ <venv>         the same, in a subprocess of another device venv
+                               (tflite-runtime 2.14, LiteRT 2.3); skipped, with the
+                               reason, when the venv is not there
+
+Per row: EER (rank of the spoof logit margin), accuracy and decision agreement with torch
+at the bundle's threshold, max/mean |delta P(spoof)| per file, max |delta logit| per window.
+
+The gate fails when an int8 row agrees with torch on fewer than 99% of the decisions, when
+an int8 row's EER is more than 1 percentage point from torch's, or when an ONNX or fp32
+row's window logits differ from torch's by more than 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from device.audio import DEFAULT_SILENCE_FLOOR_DBFS
+from train.data.records import BONAFIDE_ATTACK, Record
+from train.metrics import compute_eer, error_rates, per_attack_eer
+from train.scoring import PreparedFile, aggregate, prepare_file
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+INT8_MIN_AGREEMENT = 0.99
+INT8_MAX_EER_DELTA = 0.01
+FLOAT_MAX_LOGIT_DIFF = 1e-4
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEVICE_VENVS = (".venv-tflite", ".venv-device")
+WORKER_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    int8_min_agreement: float = INT8_MIN_AGREEMENT
+    int8_max_eer_delta: float = INT8_MAX_EER_DELTA
+    float_max_logit_diff: float = FLOAT_MAX_LOGIT_DIFF
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class ScoringSet:
+    """The files of one split, cut once: all kept windows in one array, with file offsets."""
+
+    split: str
+    records: list[Record]
+    prepared: list[PreparedFile]
+    windows: np.ndarray  # (total kept windows, window_samples) float32
+    offsets: np.ndarray  # (files + 1,) start of each file's windows in `windows`
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.target for r in self.records], dtype=np.int64)
+
+    @property
+    def attacks(self) -> list[str]:
+        return [r.attack for r in self.records]
+
+    def file_logits(self, window_logits: np.ndarray) -> np.ndarray:
+        """(files, 2) file logits by `train.scoring.aggregate` over each file's windows."""
+        if window_logits.shape != (self.windows.shape[0], 2):
+            raise ValueError(
+                f"expected window logits shaped ({self.windows.shape[0]}, 2), got "
+                f"{window_logits.shape}"
+            )
+        out = np.empty((len(self.prepared), 2), dtype=np.float64)
+        for i, prepared in enumerate(self.prepared):
+            chunk = window_logits[self.offsets[i] : self.offsets[i + 1]]
+            out[i] = aggregate(chunk, prepared.windows_total, prepared.all_silent).logits
+        return out
+
+
+def prepare_split(
+    records: Sequence[Record],
+    split: str,
+    window_samples: int,
+    hop_samples: int,
+    silence_floor_dbfs: float = DEFAULT_SILENCE_FLOOR_DBFS,
+    progress: Callable[[], None] | None = None,
+) -> ScoringSet:
+    chosen = [r for r in records if r.split == split]
+    prepared = []
+    for record in chosen:
+        prepared.append(prepare_file(record.path, window_samples, hop_samples, silence_floor_dbfs))
+        if progress is not None:
+            progress()
+    counts = [p.windows.shape[0] for p in prepared]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    windows = (
+        np.concatenate([p.windows for p in prepared], axis=0)
+        if prepared
+        else np.zeros((0, window_samples), dtype=np.float32)
+    )
+    return ScoringSet(split, chosen, prepared, np.ascontiguousarray(windows), offsets)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def margins(file_logits: np.ndarray) -> np.ndarray:
+    """logit_spoof - logit_bonafide: ranks files like P(spoof), without saturating at 0 or 1."""
+    file_logits = np.asarray(file_logits, dtype=np.float64)
+    return file_logits[:, 1] - file_logits[:, 0]
+
+
+def p_spoof(file_logits: np.ndarray) -> np.ndarray:
+    """softmax(file logits)[1], float64 (the same value as train.scoring.p_spoof per file)."""
+    m = margins(file_logits)
+    return 1.0 / (1.0 + np.exp(-m))
+
+
+def sigmoid(x: float) -> float:
+    if x == math.inf:
+        return 1.0
+    if x == -math.inf:
+        return 0.0
+    return float(1.0 / (1.0 + math.exp(-x))) if x > -700 else 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Chosen on the dev split from PyTorch's file scores."""
+
+    eer: float
+    eer_margin: float
+    eer_p_spoof: float
+    far_target: float
+    far_margin: float
+    far_p_spoof: float
+    far_achieved: float  # bona fide called spoof at far_margin on dev
+    far_spoof_acceptance: float  # spoof called bona fide at far_margin on dev
+    files: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _between(thresholds: np.ndarray, index: int) -> float:
+    """A threshold strictly between the distinct dev scores index-1 and index.
+
+    Every threshold in (scores[index-1], scores[index]] makes the same dev decisions; the
+    midpoint keeps the dev error rates and sits away from any dev file's score instead of
+    on one (on a perfectly separated dev set, in the middle of the gap between classes).
+    Beyond the ends: one margin unit below the lowest score or above the highest.
+    """
+    upper = float(thresholds[index])
+    lower = float(thresholds[index - 1]) if index > 0 else -math.inf
+    if math.isinf(upper) and math.isinf(lower):
+        return 0.0
+    if math.isinf(upper):
+        return lower + 1.0
+    if math.isinf(lower):
+        return upper - 1.0
+    return (lower + upper) / 2.0
+
+
+def choose_thresholds(
+    file_logits: np.ndarray, labels: np.ndarray, far_target: float = 0.01
+) -> Thresholds:
+    """The dev EER point, and the lowest threshold whose dev false-alarm rate is <= far_target.
+
+    False alarm = bona fide called spoof (the alarm the device raises by mistake). Each
+    threshold is placed between two adjacent distinct dev scores (see `_between`).
+    """
+    m = margins(file_logits)
+    eer = compute_eer(m, labels)
+    thresholds, rejection, acceptance = error_rates(m, labels)
+    eer_index = int(np.searchsorted(thresholds, eer.threshold, side="left"))
+    ok = np.flatnonzero(rejection <= far_target)
+    far_index = int(ok[0])  # rejection is non-increasing; the last threshold (+inf) qualifies
+    eer_margin = _between(thresholds, eer_index)
+    far_margin = _between(thresholds, far_index)
+    return Thresholds(
+        eer=float(eer.eer),
+        eer_margin=eer_margin,
+        eer_p_spoof=sigmoid(eer_margin),
+        far_target=float(far_target),
+        far_margin=far_margin,
+        far_p_spoof=sigmoid(far_margin),
+        far_achieved=float(rejection[far_index]),
+        far_spoof_acceptance=float(acceptance[far_index]),
+        files=len(labels),
+    )
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    """One format on one runtime, scored on the eval split (or skipped/failed, with why)."""
+
+    name: str
+    format: str  # torch | onnx | fp32 | int8
+    runtime: str
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    window_logits: np.ndarray | None = None
+    file_logits: np.ndarray | None = None
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def compute_row_metrics(
+    row: Row, reference: Row, scoring: ScoringSet, threshold_p_spoof: float
+) -> dict[str, Any]:
+    labels = scoring.labels
+    for item in (row, reference):
+        if item.file_logits is None or item.window_logits is None:
+            raise ValueError(f"row {item.name!r} has no scores ({item.status}: {item.reason})")
+    m = margins(row.file_logits)
+    p = p_spoof(row.file_logits)
+    p_ref = p_spoof(reference.file_logits)
+    decisions = p >= threshold_p_spoof
+    decisions_ref = p_ref >= threshold_p_spoof
+    eer = compute_eer(m, labels)
+    window_diff = np.abs(
+        row.window_logits.astype(np.float64) - reference.window_logits.astype(np.float64)
+    )
+    p_diff = np.abs(p - p_ref)
+    return {
+        "files": int(labels.size),
+        "windows": int(row.window_logits.shape[0]),
+        "eer": float(eer.eer),
+        "accuracy": float(np.mean(decisions == (labels == 1))),
+        "agreement": float(np.mean(decisions == decisions_ref)),
+        "disagreements": int(np.sum(decisions != decisions_ref)),
+        "max_abs_dp_spoof": float(p_diff.max()),
+        "mean_abs_dp_spoof": float(p_diff.mean()),
+        "max_abs_logit_diff": float(window_diff.max()) if window_diff.size else 0.0,
+        "mean_abs_logit_diff": float(window_diff.mean()) if window_diff.size else 0.0,
+        "per_attack_eer": {
+            attack: values["eer"]
+            for attack, values in per_attack_eer(
+                m, labels, scoring.attacks, BONAFIDE_ATTACK
+            ).items()
+        },
+    }
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    row: str
+    check: str
+    value: float | None
+    limit: float
+    passed: bool
+    skipped: bool = False
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"skipped  {self.row}: {self.check}"
+        mark = "pass" if self.passed else "FAIL"
+        return f"{mark}     {self.row}: {self.check} = {self.value:.6g} (limit {self.limit:g})"
+
+
+def gate_checks(rows: Sequence[Row], reference: Row, limits: GateLimits) -> list[GateCheck]:
+    checks: list[GateCheck] = []
+    ref_eer = reference.metrics.get("eer")
+    for row in rows:
+        if row is reference:
+            continue
+        if row.status != "ok":
+            what = "int8 agreement and EER" if row.format == "int8" else "max |delta logit|"
+            checks.append(
+                GateCheck(row.name, f"{what} ({row.status}: {row.reason})", None, 0.0, True, True)
+            )
+            continue
+        if row.format == "int8":
+            agreement = row.metrics["agreement"]
+            checks.append(
+                GateCheck(
+                    row.name,
+                    "decision agreement with torch",
+                    agreement,
+                    limits.int8_min_agreement,
+                    agreement >= limits.int8_min_agreement,
+                )
+            )
+            delta = abs(row.metrics["eer"] - ref_eer)
+            checks.append(
+                GateCheck(
+                    row.name,
+                    "|EER - torch EER|",
+                    delta,
+                    limits.int8_max_eer_delta,
+                    delta <= limits.int8_max_eer_delta,
+                )
+            )
+        else:
+            diff = row.metrics["max_abs_logit_diff"]
+            checks.append(
+                GateCheck(
+                    row.name,
+                    "max |delta logit| per window vs torch",
+                    diff,
+                    limits.float_max_logit_diff,
+                    diff <= limits.float_max_logit_diff,
+                )
+            )
+    return checks
+
+
+# --------------------------------------------------------------------------- other venvs
+
+
+def device_venv_python(venv: str | Path) -> Path | None:
+    path = Path(venv)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    python = path / "bin" / "python"
+    return python if python.is_file() else None
+
+
+class DeviceVenvJob:
+    """`convert.device_worker` in another venv's Python, run in the background.
+
+    `start()` raises FileNotFoundError when the venv is not there; `result()` returns the
+    window logits of each format and the worker's info, or raises RuntimeError.
+    """
+
+    def __init__(
+        self,
+        venv: str | Path,
+        bundle_dir: Path,
+        windows_path: Path,
+        formats: Sequence[str],
+        work_dir: Path,
+        *,
+        num_threads: int = 1,
+        timeout_s: float = WORKER_TIMEOUT_S,
+    ) -> None:
+        self.venv = str(venv)
+        self.formats = tuple(formats)
+        self.work_dir = work_dir
+        self.timeout_s = timeout_s
+        python = device_venv_python(venv)
+        if python is None:
+            raise FileNotFoundError(f"{venv}: no bin/python (build it with `make tflite-venv`)")
+        self.python = python
+        self.command = [
+            str(python),
+            "-m",
+            "convert.device_worker",
+            "--bundle",
+            str(bundle_dir.resolve()),
+            "--windows",
+            str(windows_path.resolve()),
+            "--out-dir",
+            str(work_dir.resolve()),
+            "--formats",
+            ",".join(self.formats),
+            "--threads",
+            str(num_threads),
+        ]
+        self._process: subprocess.Popen[str] | None = None
+        self._started = 0.0
+        self.seconds = 0.0
+
+    def start(self) -> DeviceVenvJob:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._started = time.perf_counter()
+        self._process = subprocess.Popen(
+            self.command,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return self
+
+    def cancel(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.communicate()
+
+    def result(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if self._process is None:
+            raise RuntimeError(f"{self.venv}: the worker was not started")
+        try:
+            output, _ = self._process.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired as error:
+            self.cancel()
+            raise RuntimeError(
+                f"{self.python} -m convert.device_worker did not finish in {self.timeout_s:.0f} s"
+            ) from error
+        self.seconds = time.perf_counter() - self._started
+        if self._process.returncode != 0:
+            raise RuntimeError(
+                f"{self.python} -m convert.device_worker exited {self._process.returncode}: "
+                f"{(output or '')[-2000:]}"
+            )
+        info = json.loads((self.work_dir / "info.json").read_text())
+        logits = {fmt: np.load(self.work_dir / f"logits_{fmt}.npy") for fmt in self.formats}
+        return logits, info
+
+
+# --------------------------------------------------------------------------- report
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    """Markdown table of the rows (percentages for rates)."""
+    header = (
+        "| format | runtime | files | EER % | accuracy % | agreement % | max abs dP | "
+        "mean abs dP | max abs dlogit | status |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for row in rows:
+        m = row.metrics
+        if row.status != "ok":
+            lines.append(
+                f"| {row.name} | {row.runtime} | - | - | - | - | - | - | - | "
+                f"{row.status}: {row.reason} |"
+            )
+            continue
+        lines.append(
+            f"| {row.name} | {row.runtime} | {m['files']} | {100 * m['eer']:.2f} | "
+            f"{100 * m['accuracy']:.2f} | {100 * m['agreement']:.2f} | "
+            f"{m['max_abs_dp_spoof']:.2e} | {m['mean_abs_dp_spoof']:.2e} | "
+            f"{m['max_abs_logit_diff']:.2e} | ok |"
+        )
+    return "\n".join(lines)

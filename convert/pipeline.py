@@ -1,0 +1,707 @@
+"""`make convert`: a training run -> ONNX, fp32 and int8 TFLite, the parity gate, one bundle.
+
+    run_dir/best.pt (+ its run config: dataset format and root)
+      -> calibration windows (train split)      convert.calibrate
+      -> model.onnx, checked                    convert.export
+      -> onnx2tf in the background              convert.tflite
+         meanwhile: dev thresholds (torch), eval windows, torch and ONNX eval logits
+      -> model_fp32.tflite, model_int8.tflite: tensor specs, XNNPACK partitions, latency
+      -> manifest.json (models), read back as the device does
+      -> parity rows through device.runtime (+ other device venvs)   convert.parity
+      -> parity.json, parity.md, plots/, final manifest.json (sha256 of every file)
+
+The bundle is assembled in a staging directory next to `out_dir` and moved into place at
+the end, so `out_dir` never holds half a bundle. A failed gate still writes the whole
+bundle and its report (the manifest says `parity.passed: false`); the caller exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convert import parity as par
+from convert.bundle_writer import (
+    build_manifest,
+    file_entry,
+    tool_versions,
+    verify_bundle,
+    write_manifest,
+)
+from convert.calibrate import (
+    DEFAULT_CALIBRATION_SEED,
+    DEFAULT_CALIBRATION_WINDOWS,
+    CalibrationSet,
+    draw_calibration_windows,
+)
+from convert.errors import ConversionError, RunDirectoryError
+from convert.export import (
+    ONNX_INPUT_NAME,
+    ONNX_OPSET,
+    ONNX_OUTPUT_NAME,
+    OnnxRuntimePredictor,
+    export_onnx,
+    torch_logits,
+)
+from convert.litert import DelegationReport, delegation_report, measure_latency, tensor_specs
+from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob
+from device.bundle import MANIFEST_NAME, MODEL_FILES, TensorSpec
+
+CHECKPOINT_NAME = "best.pt"
+PARITY_JSON = "parity.json"
+PARITY_MD = "parity.md"
+PLOTS_DIR = "plots"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """Everything one conversion depends on; saved into parity.json."""
+
+    run_dir: Path
+    out_dir: Path
+    checkpoint_name: str = CHECKPOINT_NAME
+    calibration_windows: int = DEFAULT_CALIBRATION_WINDOWS
+    calibration_seed: int = DEFAULT_CALIBRATION_SEED
+    far_target: float = 0.01
+    num_threads: int = 1
+    device_venvs: tuple[str, ...] = par.DEFAULT_DEVICE_VENVS
+    latency_runs: int = 300
+    limits: par.GateLimits = field(default_factory=par.GateLimits)
+    work_dir: Path | None = None  # keep onnx2tf's files here; a temporary directory when None
+    show_progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "out_dir": str(self.out_dir),
+            "checkpoint": self.checkpoint_name,
+            "calibration_windows": self.calibration_windows,
+            "calibration_seed": self.calibration_seed,
+            "far_target": self.far_target,
+            "num_threads": self.num_threads,
+            "device_venvs": list(self.device_venvs),
+            "latency_runs": self.latency_runs,
+            "limits": dict(self.limits.__dict__),
+        }
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    out_dir: Path
+    passed: bool
+    report: dict[str, Any]
+    table: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on a terminal; nothing otherwise."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    if not (enabled and console.is_terminal):
+        yield lambda: None
+        return
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+class _Clock:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.started = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        self.log(f"[{time.perf_counter() - self.started:6.1f} s] {name} ...")
+        yield
+        self.steps[name] = round(time.perf_counter() - started, 3)
+
+    @property
+    def total_s(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@dataclass
+class LoadedRun:
+    model: Any
+    checkpoint: Any
+    config: Any  # train.config.TrainConfig
+    checkpoint_path: Path
+
+
+def load_run(run_dir: Path, checkpoint_name: str = CHECKPOINT_NAME) -> LoadedRun:
+    """The run's best weights and the settings it trained with (dataset format and root)."""
+    from train.checkpoint import CheckpointError, model_from_checkpoint
+    from train.config import CONFIG_FILE, ConfigError, TrainConfig
+
+    if not run_dir.is_dir():
+        raise RunDirectoryError(
+            f"{run_dir}: no such run directory; expected the output of `make train`"
+        )
+    path = run_dir / checkpoint_name
+    try:
+        model, checkpoint = model_from_checkpoint(path)
+    except CheckpointError as error:
+        raise RunDirectoryError(str(error)) from error
+    run_config = checkpoint.run_config
+    try:
+        if run_config:
+            config = TrainConfig.from_dict(run_config)
+        elif (run_dir / CONFIG_FILE).is_file():
+            config = TrainConfig.load(run_dir / CONFIG_FILE)
+        else:
+            raise RunDirectoryError(
+                f"{path}: holds no run config and {run_dir / CONFIG_FILE} is missing; the "
+                "dataset the model was trained on is unknown"
+            )
+    except (ConfigError, TypeError, ValueError, KeyError) as error:
+        if isinstance(error, RunDirectoryError):
+            raise
+        raise RunDirectoryError(f"{path}: its run config cannot be read ({error})") from error
+    scoring = checkpoint.scoring
+    if int(scoring["window_samples"]) != model.config.window_samples:
+        raise RunDirectoryError(
+            f"{path}: scoring.window_samples {scoring['window_samples']} differs from the "
+            f"model's window_samples {model.config.window_samples}"
+        )
+    return LoadedRun(model=model, checkpoint=checkpoint, config=config, checkpoint_path=path)
+
+
+def load_records(config: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The run's dataset, read with the settings it trained with (as train.train does)."""
+    from train.data import DatasetError, load_dataset
+
+    try:
+        dataset = load_dataset(
+            config.format,
+            config.root,
+            skip_missing=config.skip_missing,
+            skip_malformed=config.skip_malformed,
+            track=config.track,
+            seed=config.seed,
+        )
+    except DatasetError as error:
+        raise RunDirectoryError(
+            f"cannot read the dataset the run was trained on ({config.format} at "
+            f"{config.root}): {error}"
+        ) from error
+    return dataset.records, dataset.summary()
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """Refuse to replace a directory that is not a bundle; return the staging directory."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ConversionError(f"{out_dir}: exists and is not a directory")
+        if any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+            raise ConversionError(
+                f"{out_dir}: exists, is not empty and holds no {MANIFEST_NAME}; refusing to "
+                "replace something that is not a bundle"
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _onnx_specs(window_samples: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    return (
+        (TensorSpec(ONNX_INPUT_NAME, (1, window_samples), "float32"),),
+        (TensorSpec(ONNX_OUTPUT_NAME, (1, 2), "float32"),),
+    )
+
+
+def _check_tflite_io(name: str, specs: tuple, window_samples: int, dtype: str) -> None:
+    inputs, outputs = specs
+    problems = []
+    if len(inputs) != 1 or inputs[0].shape != (1, window_samples) or inputs[0].dtype != dtype:
+        problems.append(
+            f"input {[(t.shape, t.dtype) for t in inputs]}, expected (1, {window_samples}) {dtype}"
+        )
+    if len(outputs) != 1 or outputs[0].shape != (1, 2) or outputs[0].dtype != dtype:
+        problems.append(f"output {[(t.shape, t.dtype) for t in outputs]}, expected (1, 2) {dtype}")
+    if problems:
+        raise ConversionError(f"{name}: unexpected tensor layout: " + "; ".join(problems))
+
+
+def _runtime_label(module: str, version: str) -> str:
+    package = {
+        "ai_edge_litert.interpreter": "ai-edge-litert",
+        "tflite_runtime.interpreter": "tflite-runtime",
+    }.get(module, module)
+    return f"{package} {version}".strip()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def convert_run(
+    settings: ConvertSettings,
+    *,
+    calibration: CalibrationSet | None = None,
+    log: Log = _stderr_log,
+) -> ConvertResult:
+    """Convert one run into a bundle and run the parity gate (see the module docstring).
+
+    `calibration` replaces the seeded draw from the training split (tests use it to build a
+    genuinely bad int8 model and watch the gate trip).
+    """
+    import torch
+
+    from device.runtime import Scorer
+
+    clock = _Clock(log)
+    out_dir = settings.out_dir
+    staging = _prepare_out_dir(out_dir)
+    work_parent = settings.work_dir
+    temporary = None
+    if work_parent is None:
+        temporary = tempfile.TemporaryDirectory(prefix="clad-convert-")
+        work_parent = Path(temporary.name)
+    job: Onnx2tfJob | None = None
+    background_jobs: list[par.DeviceVenvJob] = []
+    try:
+        with clock.step(f"loading {settings.run_dir / settings.checkpoint_name}"):
+            run = load_run(settings.run_dir, settings.checkpoint_name)
+            records, dataset_summary = load_records(run.config)
+            model = run.model
+            scoring = run.checkpoint.scoring
+            window_samples = int(scoring["window_samples"])
+            hop_samples = int(scoring["hop_samples"])
+            floor_dbfs = float(scoring["silence_floor_dbfs"])
+            torch.manual_seed(0)
+
+        with clock.step("drawing calibration windows from the training split"):
+            if calibration is None:
+                calibration = draw_calibration_windows(
+                    records,
+                    window_samples,
+                    max(1, min(hop_samples, window_samples // 8)),
+                    floor_dbfs,
+                    windows=settings.calibration_windows,
+                    seed=settings.calibration_seed,
+                )
+            log(
+                f"           {calibration.windows.shape[0]} windows from {calibration.files} "
+                f"files, by label {calibration.by_label}, by attack {calibration.by_attack}"
+            )
+
+        with clock.step("exporting ONNX (opset 17, [1, window_samples]) + onnx.checker"):
+            onnx_path = export_onnx(model, window_samples, staging / MODEL_FILES["onnx"])
+
+        job = Onnx2tfJob(onnx_path, calibration.windows, work_parent / "onnx2tf-run").start()
+        log(f"           onnx2tf started in the background (log: {job.log_path})")
+
+        with clock.step("dev split: windows, PyTorch scores, thresholds"):
+            dev_records = [r for r in records if r.split == "dev"]
+            with _progress("dev files", len(dev_records), settings.show_progress) as advance:
+                dev = par.prepare_split(
+                    records, "dev", window_samples, hop_samples, floor_dbfs, advance
+                )
+            dev_logits = dev.file_logits(torch_logits(model, dev.windows))
+            thresholds = par.choose_thresholds(dev_logits, dev.labels, settings.far_target)
+            log(
+                f"           dev EER {100 * thresholds.eer:.2f}% at P(spoof) >= "
+                f"{thresholds.eer_p_spoof:.4f}; {100 * settings.far_target:g}% false-alarm "
+                f"threshold {thresholds.far_p_spoof:.4f}"
+            )
+
+        with clock.step("eval split: windows, PyTorch and onnxruntime logits"):
+            eval_records = [r for r in records if r.split == "eval"]
+            if not eval_records:
+                raise RunDirectoryError(
+                    f"{run.config.root}: the dataset has no eval split; the parity gate needs "
+                    "held-out files"
+                )
+            with _progress("eval files", len(eval_records), settings.show_progress) as advance:
+                evaluation = par.prepare_split(
+                    records, "eval", window_samples, hop_samples, floor_dbfs, advance
+                )
+            rows: list[par.Row] = []
+            started = time.perf_counter()
+            reference = par.Row("torch", "torch", f"torch {torch.__version__}")
+            reference.window_logits = torch_logits(model, evaluation.windows)
+            reference.seconds = time.perf_counter() - started
+            rows.append(reference)
+            import onnxruntime
+
+            started = time.perf_counter()
+            onnx_row = par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}")
+            onnx_row.window_logits = OnnxRuntimePredictor(onnx_path)(evaluation.windows)
+            onnx_row.seconds = time.perf_counter() - started
+            rows.append(onnx_row)
+
+        with clock.step("waiting for onnx2tf"):
+            conversion = job.wait()
+            job = None
+            log(f"           onnx2tf took {conversion.seconds:.1f} s")
+
+        with clock.step("TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread"):
+            fp32_path = staging / MODEL_FILES["fp32"]
+            int8_path = staging / MODEL_FILES["int8"]
+            shutil.copyfile(conversion.float32_path, fp32_path)
+            shutil.copyfile(conversion.int8_path, int8_path)
+            fp32_specs = tensor_specs(fp32_path)
+            int8_specs = tensor_specs(int8_path)
+            _check_tflite_io(fp32_path.name, fp32_specs, window_samples, "float32")
+            _check_tflite_io(int8_path.name, int8_specs, window_samples, IO_DTYPE_INT8)
+            delegation: dict[str, DelegationReport] = {
+                "fp32": delegation_report(fp32_path, settings.num_threads),
+                "int8": delegation_report(int8_path, settings.num_threads),
+            }
+            for name, report in delegation.items():
+                log(f"           {name}: {report.summary()}")
+            latencies = measure_latency(
+                [fp32_path, int8_path], num_threads=1, runs=settings.latency_runs
+            )
+            latency = {
+                "num_threads": 1,
+                "fp32": latencies[0].__dict__,
+                "int8": latencies[1].__dict__,
+                "int8_not_slower": latencies[1].median_ms <= latencies[0].median_ms,
+            }
+            log(
+                f"           1 thread, median: fp32 {latencies[0].median_ms:.3f} ms, int8 "
+                f"{latencies[1].median_ms:.3f} ms"
+            )
+
+        model_summary = {
+            "name": run.checkpoint.data.get("model_name", "CLAD"),
+            "parameters": int(run.checkpoint.data.get("parameters") or _count_parameters(model)),
+            "macs_per_window": int(
+                run.checkpoint.data.get("macs_per_window") or _count_macs(model)
+            ),
+            "config": model.config.to_dict(),
+            "input": "one normalized window, [1, window_samples] (int8 file: quantize with "
+            "files.model_int8.tflite.inputs[0] scale and zero_point)",
+            "output": "logits (bonafide, spoof), [1, 2]",
+        }
+        onnx_in, onnx_out = _onnx_specs(window_samples)
+        model_files = {
+            MODEL_FILES["onnx"]: file_entry(
+                onnx_path, precision="fp32", inputs=onnx_in, outputs=onnx_out
+            ),
+            MODEL_FILES["fp32"]: file_entry(
+                fp32_path, precision="fp32", inputs=fp32_specs[0], outputs=fp32_specs[1]
+            ),
+            MODEL_FILES["int8"]: file_entry(
+                int8_path, precision="int8", inputs=int8_specs[0], outputs=int8_specs[1]
+            ),
+        }
+        threshold = {
+            "value": thresholds.eer_p_spoof,
+            "method": "eer_dev",
+            "eer_dev": thresholds.eer,
+            "far_target": thresholds.far_target,
+            "far_target_value": thresholds.far_p_spoof,
+        }
+        checkpoint_info = {
+            "file": str(run.checkpoint_path),
+            "sha256": _sha256(run.checkpoint_path),
+            "epoch": run.checkpoint.data.get("epoch"),
+            "dev": run.checkpoint.dev,
+        }
+        data = {
+            "trained_on": {
+                "format": run.config.format,
+                "root": str(run.config.root),
+                "track": run.config.track,
+                "seed": run.config.seed,
+                "files": {
+                    split: dataset_summary["splits"][split].get("total")
+                    for split in ("train", "dev", "eval")
+                },
+                "summary": dataset_summary,
+                "checkpoint": checkpoint_info,
+            },
+            "calibrated_on": calibration.describe(),
+            "thresholds_from": {
+                "split": "dev",
+                "files": thresholds.files,
+                "scores": "PyTorch file scores",
+            },
+            "parity_on": {
+                "split": "eval",
+                "files": len(evaluation.records),
+                "windows": int(evaluation.windows.shape[0]),
+            },
+        }
+        tools = {
+            **tool_versions(),
+            "onnx_opset": ONNX_OPSET,
+            "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
+            "onnx2tf_arguments": " ".join(
+                a if not a.startswith("/") else Path(a).name for a in conversion.command[3:]
+            ),
+            "int8_io": (
+                "int8 input and output: the device quantizes the normalized window with the "
+                "input's scale/zero_point and dequantizes the logits, so the graph is integer "
+                "end to end"
+            ),
+        }
+        threshold_details = thresholds.to_dict()
+
+        with clock.step("writing the model manifest and reading it back as the device does"):
+            manifest = build_manifest(
+                model=model_summary,
+                window_samples=window_samples,
+                hop_samples=hop_samples,
+                silence_floor_dbfs=floor_dbfs,
+                threshold=threshold,
+                files=model_files,
+                data=data,
+                tools=tools,
+                extra={"threshold_details": threshold_details},
+            )
+            write_manifest(staging, manifest)
+            verify_bundle(staging)
+
+        with clock.step("TFLite eval logits: device.runtime in-process + device venvs"):
+            # The other venvs' workers run in the background while this process scores.
+            windows_path = work_parent / "eval_windows.npy"
+            np.save(windows_path, evaluation.windows)
+            venv_jobs: list[tuple[str, par.DeviceVenvJob | None, str]] = []
+            for venv in settings.device_venvs:
+                try:
+                    venv_job = par.DeviceVenvJob(
+                        venv,
+                        staging,
+                        windows_path,
+                        ("fp32", "int8"),
+                        work_parent / f"worker-{Path(venv).name}",
+                        num_threads=settings.num_threads,
+                    ).start()
+                except FileNotFoundError:
+                    venv_jobs.append((venv, None, f"not built (make {_venv_target(venv)})"))
+                    continue
+                except OSError as error:
+                    venv_jobs.append((venv, None, f"failed to start: {error}"))
+                    continue
+                venv_jobs.append((venv, venv_job, ""))
+                background_jobs.append(venv_job)
+            for model_format in ("fp32", "int8"):
+                started = time.perf_counter()
+                scorer = Scorer(staging, model_format, num_threads=settings.num_threads)
+                row = par.Row(
+                    model_format,
+                    model_format,
+                    _runtime_label(scorer.runtime.module, scorer.runtime.version),
+                )
+                row.window_logits = scorer.score_windows(evaluation.windows)
+                row.seconds = time.perf_counter() - started
+                rows.append(row)
+            for venv, venv_job, problem in venv_jobs:
+                names = {fmt: f"{fmt} @ {venv}" for fmt in ("fp32", "int8")}
+                if venv_job is None:
+                    status = "skipped" if problem.startswith("not built") else "failed"
+                    log(f"           {venv}: {status}: {problem}")
+                    rows.extend(
+                        par.Row(names[f], f, "-", status=status, reason=f"{venv} {problem}")
+                        for f in names
+                    )
+                    continue
+                try:
+                    logits, info = venv_job.result()
+                except (RuntimeError, OSError, ValueError) as error:
+                    reason = str(error).strip().splitlines()[-1][:300]
+                    log(f"           {venv}: failed: {error}")
+                    rows.extend(
+                        par.Row(names[f], f, "-", status="failed", reason=reason) for f in names
+                    )
+                    continue
+                runtime = _runtime_label(info["runtime"], info["runtime_version"])
+                log(
+                    f"           {venv}: {runtime}, numpy {info['numpy']}, {venv_job.seconds:.1f} s"
+                )
+                for model_format, name in names.items():
+                    row = par.Row(name, model_format, runtime)
+                    row.window_logits = logits[model_format]
+                    row.seconds = venv_job.seconds
+                    rows.append(row)
+
+        with clock.step("parity metrics, gate, report and plots"):
+            for row in rows:
+                if row.status == "ok":
+                    row.file_logits = evaluation.file_logits(row.window_logits)
+            for row in rows:
+                if row.status == "ok":
+                    row.metrics = par.compute_row_metrics(
+                        row, reference, evaluation, thresholds.eer_p_spoof
+                    )
+            checks = par.gate_checks(rows, reference, settings.limits)
+            failed_rows = [r for r in rows if r.status == "failed"]
+            passed = all(c.passed for c in checks) and not failed_rows
+            table = par.render_table(rows)
+            report = {
+                "passed": passed,
+                "gate": [c.__dict__ for c in checks],
+                "limits": dict(settings.limits.__dict__),
+                "threshold": {**threshold, **threshold_details},
+                "rows": [
+                    {
+                        "name": r.name,
+                        "format": r.format,
+                        "runtime": r.runtime,
+                        "status": r.status,
+                        "reason": r.reason,
+                        "seconds": round(r.seconds, 3),
+                        **r.metrics,
+                    }
+                    for r in rows
+                ],
+                "eval": {
+                    "files": len(evaluation.records),
+                    "windows": int(evaluation.windows.shape[0]),
+                    "all_silent_files": int(sum(p.all_silent for p in evaluation.prepared)),
+                },
+                "xnnpack": {name: rep.to_dict() for name, rep in delegation.items()},
+                "latency_1_thread": latency,
+                "onnx2tf_seconds": round(conversion.seconds, 2),
+                "timings_s": dict(clock.steps),
+                "settings": settings.to_dict(),
+            }
+            (staging / PARITY_JSON).write_text(json.dumps(report, indent=2) + "\n")
+            (staging / PARITY_MD).write_text(
+                render_markdown(report, table, delegation, latency), encoding="utf-8"
+            )
+            from convert.plots import write_plots
+
+            plots = write_plots(
+                rows,
+                reference,
+                evaluation.labels,
+                thresholds.eer_p_spoof,
+                thresholds.eer_margin,
+                staging / PLOTS_DIR,
+            )
+
+        with clock.step("final manifest (sha256 of every file), moving the bundle into place"):
+            files = dict(model_files)
+            for path in [staging / PARITY_JSON, staging / PARITY_MD, *plots]:
+                files[path.relative_to(staging).as_posix()] = file_entry(path)
+            manifest = build_manifest(
+                model=model_summary,
+                window_samples=window_samples,
+                hop_samples=hop_samples,
+                silence_floor_dbfs=floor_dbfs,
+                threshold=threshold,
+                files=files,
+                data=data,
+                tools=tools,
+                extra={
+                    "threshold_details": threshold_details,
+                    "parity": {
+                        "passed": passed,
+                        "report": PARITY_JSON,
+                        "failed_checks": [c.describe() for c in checks if not c.passed],
+                        "xnnpack_partitions_int8": delegation["int8"].partitions,
+                        "latency_ms_1_thread": {
+                            "fp32": round(latencies[0].median_ms, 4),
+                            "int8": round(latencies[1].median_ms, 4),
+                        },
+                    },
+                },
+            )
+            write_manifest(staging, manifest)
+            verify_bundle(staging)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            staging.rename(out_dir)
+        log(f"[{clock.total_s:6.1f} s] bundle written to {out_dir}")
+        report["timings_s"] = {**clock.steps, "total": round(clock.total_s, 2)}
+        return ConvertResult(out_dir=out_dir, passed=passed, report=report, table=table)
+    finally:
+        if job is not None:
+            job.cancel()
+        for background in background_jobs:
+            background.cancel()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if temporary is not None:
+            temporary.cleanup()
+
+
+def _venv_target(venv: str) -> str:
+    return {".venv-tflite": "tflite-venv", ".venv-device": "device-venv"}.get(venv, "install")
+
+
+def _sha256(path: Path) -> str:
+    from device.bundle import sha256_of
+
+    return sha256_of(path)
+
+
+def _count_parameters(model: Any) -> int:
+    from train.model import count_parameters
+
+    return count_parameters(model)
+
+
+def _count_macs(model: Any) -> int:
+    from train.model import count_macs
+
+    return count_macs(model)
+
+
+def render_markdown(
+    report: dict[str, Any],
+    table: str,
+    delegation: dict[str, DelegationReport],
+    latency: dict[str, Any],
+) -> str:
+    threshold = report["threshold"]
+    lines = [
+        "# Parity gate",
+        "",
+        f"Result: **{'PASSED' if report['passed'] else 'FAILED'}**",
+        "",
+        f"Eval split: {report['eval']['files']} files, {report['eval']['windows']} windows. "
+        f"Threshold: P(spoof) >= {threshold['value']:.4f} (dev EER point, dev EER "
+        f"{100 * threshold['eer_dev']:.2f}%); {100 * threshold['far_target']:g}% dev "
+        f"false-alarm threshold {threshold['far_target_value']:.4f}.",
+        "",
+        table,
+        "",
+        "## Gate",
+        "",
+    ]
+    for check in report["gate"]:
+        lines.append(f"- {par.GateCheck(**check).describe()}")
+    lines += [
+        "",
+        "## XNNPACK and latency (1 thread, this machine)",
+        "",
+        f"- fp32: {delegation['fp32'].summary()}",
+        f"- int8: {delegation['int8'].summary()}",
+        f"- median latency: fp32 {latency['fp32']['median_ms']:.3f} ms, int8 "
+        f"{latency['int8']['median_ms']:.3f} ms "
+        f"({'int8 not slower' if latency['int8_not_slower'] else 'int8 SLOWER than fp32'})",
+        "",
+    ]
+    return "\n".join(lines)
