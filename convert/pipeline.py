@@ -433,11 +433,8 @@ def convert_run(
                 "root": str(run.config.root),
                 "track": run.config.track,
                 "seed": run.config.seed,
-                "files": {
-                    split: dataset_summary["splits"][split].get("total")
-                    for split in ("train", "dev", "eval")
-                },
-                "summary": dataset_summary,
+                "splits": dataset_summary["splits"],
+                "skipped_records": dataset_summary["problems"]["total"],
                 "checkpoint": checkpoint_info,
             },
             "calibrated_on": calibration.describe(),

@@ -113,3 +113,43 @@ def train_tiny_run(corpus_la: Path, runs_dir: Path, name: str = "tiny", epochs: 
     )
     result = train(config, overwrite=True, show_progress=False)
     return result.run_dir
+
+
+def write_tiny_tflite_pair(directory: Path, window_samples: int = 400) -> tuple[Path, Path]:
+    """A real fp32 and full-int8 TFLite pair ([1, window_samples] -> [1, 2]), built with TF.
+
+    Seconds instead of the minute an onnx2tf run takes: for the bundle tests, which need
+    real model files and real interpreters, not a trained detector.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    w1 = tf.constant(rng.standard_normal((window_samples, 16)).astype(np.float32) * 0.05)
+    w2 = tf.constant(rng.standard_normal((16, 2)).astype(np.float32))
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, window_samples], tf.float32)])
+        def __call__(self, x):
+            return tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+
+    module = Tiny()
+    concrete = module.__call__.get_concrete_function()
+    directory.mkdir(parents=True, exist_ok=True)
+    fp32 = directory / "tiny_fp32.tflite"
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    fp32.write_bytes(converter.convert())
+
+    def representative():
+        for _ in range(50):
+            window = rng.standard_normal((1, window_samples)).astype(np.float32)
+            yield [window / np.max(np.abs(window))]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    int8 = directory / "tiny_int8.tflite"
+    int8.write_bytes(converter.convert())
+    return fp32, int8
