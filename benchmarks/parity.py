@@ -1,9 +1,10 @@
-"""Accuracy columns from the bundle's parity report (written by `make convert`).
+"""Accuracy columns from the bundle's parity report (parity.json, written by `make convert`).
 
 The benchmark does not re-score the held-out split: the parity gate already did, for every
-format, on the same data. This module maps that report onto the table's format keys.
-EER is a fraction in [0, 1]; agreement is the fraction of held-out windows whose decision
-matches PyTorch's (1.0 for PyTorch itself).
+format and device venv, on the same eval files. Its `rows` are
+`{"name", "format": torch|onnx|fp32|int8, "runtime", "status", "eer", "agreement", ...}`;
+rows measured in another venv are named "<format> @ <venv>" (e.g. "int8 @ .venv-tflite").
+EER is a fraction; agreement is the fraction of eval files whose decision matches PyTorch's.
 
 Only the standard library: this module runs on the Pi.
 """
@@ -15,52 +16,45 @@ from typing import Any
 
 from benchmarks.formats import FORMATS
 
-EER_KEYS = ("eer", "eer_fraction")
-EER_PERCENT_KEYS = ("eer_percent", "eer_pct")
-AGREEMENT_KEYS = ("agreement", "agreement_with_torch", "decision_agreement", "top_class_agreement")
+Accuracy = dict[tuple[str, str, str], dict[str, float | None]]
+"""(format key, environment key, runtime distribution) -> {"eer": ..., "agreement": ...}."""
 
 
-def _number(entry: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        value = entry.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+def _number(entry: Mapping[str, Any], key: str) -> float | None:
+    value = entry.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     return None
 
 
-def _entries(report: Any) -> dict[str, Mapping[str, Any]]:
-    """Format name -> its metrics object, from the shapes a parity report may take."""
-    if isinstance(report, Mapping):
-        for key in ("formats", "per_format", "metrics"):
-            inner = report.get(key)
-            if isinstance(inner, Mapping):
-                return {str(k): v for k, v in inner.items() if isinstance(v, Mapping)}
-            if isinstance(inner, list):
-                return _entries(inner)
-        return {str(k): v for k, v in report.items() if isinstance(v, Mapping)}
-    if isinstance(report, list):
-        out = {}
-        for item in report:
-            if isinstance(item, Mapping) and isinstance(item.get("format"), str):
-                out[item["format"]] = item
-        return out
-    return {}
-
-
-def accuracy_by_format(report: Any) -> dict[str, dict[str, float | None]]:
-    """{format key: {"eer": fraction or None, "agreement": fraction or None}}."""
-    entries = _entries(report)
-    out: dict[str, dict[str, float | None]] = {}
-    for fmt in FORMATS.values():
-        entry = next((entries[name] for name in fmt.parity_names if name in entries), None)
-        if entry is None:
+def accuracy_by_row(report: Any) -> Accuracy:
+    """The parity rows that ran, keyed like the benchmark's rows."""
+    rows = report.get("rows") if isinstance(report, Mapping) else None
+    if not isinstance(rows, list):
+        return {}
+    by_parity_name = {name: f.key for f in FORMATS.values() for name in f.parity_names}
+    out: Accuracy = {}
+    for row in rows:
+        if not isinstance(row, Mapping) or row.get("status", "ok") != "ok":
             continue
-        eer = _number(entry, EER_KEYS)
-        if eer is None:
-            percent = _number(entry, EER_PERCENT_KEYS)
-            eer = percent / 100.0 if percent is not None else None
-        agreement = _number(entry, AGREEMENT_KEYS)
-        if agreement is None and fmt.key == "pytorch":
-            agreement = 1.0
-        out[fmt.key] = {"eer": eer, "agreement": agreement}
+        format_key = by_parity_name.get(str(row.get("format", "")))
+        if format_key is None:
+            continue
+        _, sep, venv = str(row.get("name", "")).partition(" @ ")
+        environment = venv.strip() if sep else "current"
+        distribution = str(row.get("runtime", "")).split(" ")[0]  # "ai-edge-litert 2.3.0"
+        out[(format_key, environment, distribution)] = {
+            "eer": _number(row, "eer"),
+            "agreement": _number(row, "agreement"),
+        }
     return out
+
+
+def accuracy_for(
+    accuracy: Accuracy, format_key: str, environment: str, distribution: str
+) -> dict[str, Any]:
+    """A row's accuracy: the parity row of the same format, environment and runtime. None
+    for a combination the converter did not score (another runtime may compute differently).
+    On a Pi the current interpreter's rows match the converter's in-process LiteRT rows: the
+    same file on the same kernels (int8 through XNNPACK is bit-exact between x86 and Arm)."""
+    return accuracy.get((format_key, environment, distribution), {})

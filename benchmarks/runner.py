@@ -42,6 +42,7 @@ from benchmarks.formats import (
     venv_python,
 )
 from benchmarks.machine import Peak, derive_peaks, read_cpu_info
+from benchmarks.parity import Accuracy, accuracy_by_row, accuracy_for
 from benchmarks.worker import RESULT_MARKER
 from device.audio import SAMPLE_RATE, normalize_windows
 from device.bundle import Bundle, BundleError, load_bundle, sha256_of
@@ -150,38 +151,48 @@ class Row:
 # --------------------------------------------------------------------------- planning
 
 
-def pytorch_weights(bundle: Bundle) -> tuple[Path | None, str]:
-    """The checkpoint the bundle was converted from, or None with the reason it is not there.
+def pytorch_weights(bundle: Bundle) -> tuple[Path | None, str, str]:
+    """The checkpoint the bundle was converted from: (path, "", "") or (None, status, reason).
 
-    A bundle carries no PyTorch weights (a Pi does not need them); the converter records
-    the checkpoint it read in the manifest's `data`, so on the machine that converted the
-    bundle the PyTorch row rebuilds CLAD from that checkpoint's own config and weights.
+    A bundle carries no PyTorch weights (a Pi does not need them). The converter records the
+    checkpoint it read in the manifest, `data.trained_on.checkpoint` = {"file", "sha256"}, so
+    on the machine that converted the bundle the PyTorch row rebuilds CLAD from that
+    checkpoint's own config and weights. A checkpoint that changed since (a new training run
+    in the same directory) is not the model the other rows run: that row fails, saying so.
     """
-    data = bundle.manifest.data
-    candidates: list[Path] = []
-    for key in ("checkpoint", "source_checkpoint"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            candidates.append(Path(value))
-        elif isinstance(value, dict) and isinstance(value.get("path"), str):
-            candidates.append(Path(value["path"]))
-    for key in ("run_dir", "run"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            candidates.append(Path(value) / "best.pt")
-    if not candidates:
-        return None, (
-            f"{bundle.root / 'manifest.json'} records no checkpoint (data.checkpoint or "
-            "data.run_dir): PyTorch needs the run the bundle was converted from"
+    manifest_path = bundle.root / "manifest.json"
+    trained_on = bundle.manifest.data.get("trained_on")
+    record = trained_on.get("checkpoint") if isinstance(trained_on, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+        return (
+            None,
+            "skipped",
+            (
+                f"{manifest_path} records no checkpoint (data.trained_on.checkpoint.file): PyTorch "
+                "needs the run the bundle was converted from"
+            ),
         )
-    for candidate in candidates:
-        for path in (candidate, REPO / candidate, bundle.root / candidate):
-            if path.is_file():
-                return path.resolve(), ""
-    return None, (
-        f"the checkpoint the bundle was converted from is not on this machine "
-        f"(looked for {', '.join(str(c) for c in candidates)})"
-    )
+    recorded = Path(record["file"])
+    path = next((p for p in (recorded, REPO / recorded) if p.is_file()), None)
+    if path is None:
+        return (
+            None,
+            "skipped",
+            (f"the checkpoint the bundle was converted from, {recorded}, is not on this machine"),
+        )
+    expected = record.get("sha256")
+    if isinstance(expected, str) and expected:
+        digest = sha256_of(path)
+        if digest != expected:
+            return (
+                None,
+                "failed",
+                (
+                    f"{path} changed since the bundle was converted (sha256 {digest[:12]}..., the "
+                    f"manifest records {expected[:12]}...): retrained? run `make convert` again"
+                ),
+            )
+    return path.resolve(), "", ""
 
 
 def _runtime_installed(runtime: Runtime) -> bool:
@@ -200,7 +211,7 @@ def _same_interpreter(python: Path) -> bool:
 
 def plan_rows(bundle: Bundle, settings: BenchSettings, cores: int) -> list[Row]:
     rows: list[Row] = []
-    weights, weights_reason = pytorch_weights(bundle)
+    weights = pytorch_weights(bundle)
     verified: dict[str, str] = {}  # file name -> "" when its sha256 matches, else the problem
     for environment in ENVIRONMENTS:
         python = venv_python(REPO, environment)
@@ -229,25 +240,25 @@ def plan_rows(bundle: Bundle, settings: BenchSettings, cores: int) -> list[Row]:
                     if env_reason:
                         row.status, row.reason = "skipped", env_reason
                         continue
-                    _attach_model(row, bundle, weights, weights_reason, verified)
+                    _attach_model(row, bundle, weights, verified)
     return rows
 
 
 def _attach_model(
     row: Row,
     bundle: Bundle,
-    weights: Path | None,
-    weights_reason: str,
+    weights: tuple[Path | None, str, str],
     verified: dict[str, str],
 ) -> None:
     fmt = row.format
     if fmt.bundle_format is None:
-        if weights is None:
-            row.status, row.reason = "skipped", weights_reason
+        checkpoint, status, reason = weights
+        if checkpoint is None:
+            row.status, row.reason = status, reason
             return
-        row.model_file, row.size_bytes = str(weights), weights.stat().st_size
+        row.model_file, row.size_bytes = str(checkpoint), checkpoint.stat().st_size
         config = bundle.manifest.extra.get("model", {}).get("config")
-        row.spec = {"checkpoint": str(weights), "model_config": config}
+        row.spec = {"checkpoint": str(checkpoint), "model_config": config}
         return
     try:
         name = bundle.manifest.model_file(fmt.bundle_format)
@@ -430,9 +441,9 @@ def summarize_row(
     hop_s: float,
     macs_per_window: int,
     peaks: dict[tuple[str, int], Peak],
-    accuracy: dict[str, dict[str, float | None]],
+    accuracy: Accuracy,
 ) -> dict[str, Any]:
-    acc = accuracy.get(row.format.key, {})
+    acc = accuracy_for(accuracy, row.format.key, row.environment.key, row.runtime.distribution)
     out: dict[str, Any] = {
         "key": row.key,
         "format": row.format.key,
@@ -551,7 +562,7 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def read_accuracy(bundle: Bundle) -> tuple[dict[str, dict[str, float | None]], str]:
+def read_accuracy(bundle: Bundle) -> tuple[Accuracy, str]:
     """EER and agreement per format key from the bundle's parity.json, and a note on its source."""
     path = bundle.root / "parity.json"
     if not path.is_file():
@@ -560,9 +571,7 @@ def read_accuracy(bundle: Bundle) -> tuple[dict[str, dict[str, float | None]], s
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return {}, f"{path}: not valid JSON ({error}); no accuracy columns"
-    from benchmarks.parity import accuracy_by_format
-
-    return accuracy_by_format(data), f"accuracy from {path}"
+    return accuracy_by_row(data), f"accuracy (EER, agreement with PyTorch) from {path}"
 
 
 # --------------------------------------------------------------------------- the run

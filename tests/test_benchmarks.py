@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.formats import ENVIRONMENTS
 from benchmarks.machine import derive_peaks, read_cpu_info
-from benchmarks.parity import accuracy_by_format
+from benchmarks.parity import accuracy_by_row, accuracy_for
 from benchmarks.report import markdown_table
 from benchmarks.runner import (
     BenchSettings,
@@ -34,14 +34,23 @@ from tests.device_fixtures import WINDOW_SAMPLES, cached_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--rounds", "1", "--seconds-per-row", "0.15", "--warmup-s", "0.05", "--threads", "1"]
-PARITY = {
-    "formats": {
-        "torch": {"eer": 0.05},
-        "onnx": {"eer": 0.05, "agreement": 1.0},
-        "fp32": {"eer": 0.05, "agreement": 1.0},
-        "int8": {"eer": 0.0625, "agreement": 0.97},
-    }
-}
+PARITY = {  # the shape convert/pipeline.py writes
+    "passed": True,
+    "rows": [
+        {"name": "torch", "format": "torch", "runtime": "torch 2.13.0+cpu", "status": "ok",
+         "eer": 0.05, "agreement": 1.0},
+        {"name": "onnx", "format": "onnx", "runtime": "onnxruntime 1.23.0", "status": "ok",
+         "eer": 0.05, "agreement": 1.0},
+        {"name": "fp32", "format": "fp32", "runtime": "ai-edge-litert 2.1.0", "status": "ok",
+         "eer": 0.05, "agreement": 1.0},
+        {"name": "int8", "format": "int8", "runtime": "ai-edge-litert 2.1.0", "status": "ok",
+         "eer": 0.0625, "agreement": 0.97},
+        {"name": "int8 @ .venv-device", "format": "int8", "runtime": "ai-edge-litert 2.3.0",
+         "status": "ok", "eer": 0.0625, "agreement": 0.96},
+        {"name": "int8 @ .venv-tflite", "format": "int8", "runtime": "-", "status": "skipped",
+         "reason": ".venv-tflite not built"},
+    ],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -101,10 +110,13 @@ def list_file(bundle_dir: Path, name: str, precision: str = "") -> None:
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
-def set_data(bundle_dir: Path, **data: str) -> None:
+def record_checkpoint(bundle_dir: Path, checkpoint: Path) -> None:
+    """As the converter records the checkpoint it read."""
     manifest_path = bundle_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["data"].update(data)
+    manifest["data"]["trained_on"] = {
+        "checkpoint": {"file": str(checkpoint), "sha256": sha256_of(checkpoint), "epoch": 1}
+    }
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
@@ -125,7 +137,7 @@ def full_bundle(tmp_path: Path, fixture_bundle: Path, clad_files: tuple[Path, Pa
     checkpoint, onnx_path = clad_files
     shutil.copy(onnx_path, bundle_dir / "model.onnx")
     list_file(bundle_dir, "model.onnx", "fp32")
-    set_data(bundle_dir, checkpoint=str(checkpoint))
+    record_checkpoint(bundle_dir, checkpoint)
     (bundle_dir / "parity.json").write_text(json.dumps(PARITY))
     return bundle_dir
 
@@ -384,7 +396,7 @@ def test_a_bundle_without_a_recorded_checkpoint_skips_pytorch_with_the_reason(
     rows = plan_rows(bundle, BenchSettings(bundle=fixture_bundle, threads=(1,)), cores=1)
     by_format = {r.format.key: r for r in rows if r.environment.key == "current"}
     assert by_format["pytorch"].status == "skipped"
-    assert "checkpoint" in by_format["pytorch"].reason
+    assert "data.trained_on.checkpoint" in by_format["pytorch"].reason
     assert by_format["onnx"].status == "skipped" and "model.onnx" in by_format["onnx"].reason
 
 
@@ -495,14 +507,21 @@ def test_the_compute_peak_is_derived_from_the_cpu_flags_and_says_how(tmp_path: P
     assert pi_peaks[("int8", 4)].macs_per_s == pytest.approx(8 * 1.8e9 * 4 * 2)  # no sdot: x2
 
 
-def test_accuracy_is_read_from_the_parity_report_by_format() -> None:
-    accuracy = accuracy_by_format(PARITY)
-    assert accuracy["tflite_int8"] == {"eer": 0.0625, "agreement": 0.97}
-    assert accuracy["pytorch"] == {"eer": 0.05, "agreement": 1.0}
-    assert accuracy_by_format({"model_int8.tflite": {"eer_percent": 7.5}}) == {
-        "tflite_int8": {"eer": 0.075, "agreement": None}
+def test_accuracy_is_read_from_the_parity_report_per_format_environment_and_runtime() -> None:
+    accuracy = accuracy_by_row(PARITY)
+    assert accuracy_for(accuracy, "tflite_int8", "current", "ai-edge-litert") == {
+        "eer": 0.0625,
+        "agreement": 0.97,
     }
-    assert accuracy_by_format(["not", "a", "report"]) == {}
+    assert accuracy_for(accuracy, "tflite_int8", ".venv-device", "ai-edge-litert") == {
+        "eer": 0.0625,
+        "agreement": 0.96,
+    }
+    assert accuracy_for(accuracy, "pytorch", "current", "torch")["agreement"] == 1.0
+    # not scored by the converter (skipped there), or scored on another runtime: no figures
+    assert accuracy_for(accuracy, "tflite_int8", ".venv-tflite", "tflite-runtime") == {}
+    assert accuracy_for(accuracy, "tflite_int8", "current", "tflite-runtime") == {}
+    assert accuracy_by_row(["not", "a", "report"]) == {}
 
 
 def test_a_saved_report_renders_again(tmp_path: Path) -> None:
@@ -542,3 +561,20 @@ def test_a_saved_report_renders_again(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert table in proc.stdout and "16.00x PyTorch eager's speed" in proc.stdout
+
+
+def test_a_checkpoint_changed_since_conversion_fails_the_pytorch_row(
+    full_bundle: Path, tmp_path: Path, clad_files: tuple[Path, Path]
+) -> None:
+    checkpoint = tmp_path / "runs" / "best.pt"
+    checkpoint.parent.mkdir()
+    shutil.copy(clad_files[0], checkpoint)
+    record_checkpoint(full_bundle, checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"retrained")
+    bundle = load_bundle(full_bundle)
+    rows = plan_rows(bundle, BenchSettings(bundle=full_bundle, threads=(1,)), cores=1)
+    pytorch = next(r for r in rows if r.format.key == "pytorch")
+    assert pytorch.status == "failed"
+    assert str(checkpoint) in pytorch.reason and "changed since the bundle was converted" in (
+        pytorch.reason
+    )
