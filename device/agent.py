@@ -129,8 +129,10 @@ class Agent:
 
     def _window_event(self, kind: str, result: WindowResult | None) -> dict[str, Any]:
         event = self._base(kind)
-        now = time.monotonic()
-        latency_ms = None if result is None else (now - result.arrival_s) * 1000.0
+        if kind == "heartbeat":
+            latency_ms = self.state.latest_latency_ms  # that window's own event latency
+        else:
+            latency_ms = None if result is None else (time.monotonic() - result.arrival_s) * 1e3
         if result is not None:
             event.update(
                 window=result.index,
@@ -152,6 +154,7 @@ class Agent:
             windows_scored=self.pipeline.windows_scored,
         )
         if kind == "heartbeat":
+            event.pop("previous", None)
             event["source_state"] = self.source.stats.state
         return event
 
