@@ -20,6 +20,7 @@ import email.policy
 import hmac
 import json
 import logging
+import socket
 import tempfile
 import threading
 import time
@@ -235,6 +236,10 @@ def extract_upload(content_type: str, body: bytes, default_name: str) -> tuple[s
     return chosen.get_filename() or default_name, payload
 
 
+class _ThreadingHTTPServer6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class ApiServer:
     """The HTTP API in a background thread. `address` is (host, port) once started."""
 
@@ -252,7 +257,8 @@ class ApiServer:
         self.token = token
         self.max_upload_bytes = int(max_upload_bytes)
         handler = type("Handler", (_Handler,), {"api": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
+        self.httpd = server_class((host, port), handler)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

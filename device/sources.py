@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -271,6 +272,11 @@ class StdinSource(Source):
             "format": "s16le",
         }
 
+    def stop(self, join_timeout_s: float = 0.1) -> None:
+        # The reader may sit in a blocking read of a pipe that stays open; it is a daemon
+        # thread, so do not wait for it long.
+        super().stop(join_timeout_s)
+
     def _run(self) -> None:
         import sys
 
@@ -283,7 +289,17 @@ class StdinSource(Source):
         pending = b""
         frames_done = 0
         self._set_state("running")
-        read = getattr(stream, "read1", stream.read)
+        # os.read on the descriptor, not the buffered reader: a daemon thread blocked in a
+        # BufferedReader holds its lock, and Python aborts at exit when it finds it taken.
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            read = getattr(stream, "read1", stream.read)
+        else:
+
+            def read(size: int) -> bytes:
+                return os.read(fd, size)
+
         while not self._stop.is_set():
             data = read(want)
             if not data:

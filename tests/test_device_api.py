@@ -174,6 +174,18 @@ def test_corrupt_upload_is_400(api: ApiServer, tmp_path: Path) -> None:
     assert "clad_api_score_errors_total 4" in metrics.splitlines()
 
 
+def test_ipv6_loopback(scorer: Scorer, state: AgentState) -> None:
+    try:
+        server = ApiServer("::1", 0, scorer, state)
+    except OSError as error:  # a machine without IPv6
+        pytest.skip(f"no IPv6 loopback here ({error})")
+    server.start()
+    try:
+        assert request(("::1", server.address[1]), "GET", "/health")[0] == 200
+    finally:
+        server.stop()
+
+
 def test_unknown_endpoint_is_404(api: ApiServer) -> None:
     assert request(api, "GET", "/nope")[0] == 404
     assert request(api, "POST", "/health", b"")[0] == 404

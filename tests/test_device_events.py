@@ -153,3 +153,45 @@ def test_signal_stops_listen_cleanly(fixture_bundle: Path, tmp_path: Path, signu
     assert events[-1]["audio_s"] < 10.0  # stopped before the file's end
     assert any(e["type"] == "heartbeat" for e in events)
     assert all(e["schema"] == 1 and e["time"].endswith("Z") for e in events)
+
+
+def test_sigterm_with_stdin_still_open(fixture_bundle: Path, tmp_path: Path) -> None:
+    """`arecord | clad-agent listen --source stdin`: SIGTERM while the pipe stays open."""
+    events_path = tmp_path / "events.jsonl"
+    args = [sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)]
+    args += ["--source", "stdin", "--rate", "16000", "--quiet", "--events-file", str(events_path)]
+    process = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=device_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        pcm = (np.tile(scenario(16000), 1) * 32767).astype("<i2").tobytes()
+        process.stdin.write(pcm)  # 3.5 s of audio; the pipe stays open afterwards
+        process.stdin.flush()
+        _wait_for(
+            lambda: (
+                events_path.exists()
+                and any(e["type"] == "decision" for e in read_events(events_path))
+            ),
+            timeout_s=30,
+            what="a decision event",
+        )
+        time.sleep(0.3)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+        stop_s = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdin.close()
+    assert process.returncode == 0, process.stderr.read().decode()[-2000:]
+    assert stop_s < 2.0  # no wait on the blocked stdin reader
+    events = list(read_events(events_path))
+    assert events[-1]["type"] == "stop" and events[-1]["reason"] == "SIGTERM"
+    assert events[-1]["windows_scored"] == 27 and events[-1]["audio_s"] == 3.5  # all it was sent
