@@ -196,6 +196,16 @@ def render(report: dict[str, Any]) -> str:
             "Unstable medians (per-round medians differ by more than 15%; the machine was busy): "
             + ", ".join(f"{r['key']} ({r['round_spread'] * 100:.0f}%)" for r in unstable)
         )
+    if report.get("pi_estimate"):
+        from benchmarks.pi_estimate import markdown as estimate_markdown
+
+        lines += [
+            "",
+            f"Raspberry Pi: {report['pi_estimate']['label']} (sources and method: "
+            "docs/benchmarks.md; run `python -m benchmarks` on the Pi for real figures):",
+            "",
+            estimate_markdown(report["pi_estimate"]),
+        ]
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)

@@ -43,6 +43,7 @@ from benchmarks.formats import (
 )
 from benchmarks.machine import Peak, derive_peaks, read_cpu_info
 from benchmarks.parity import Accuracy, accuracy_by_row, accuracy_for
+from benchmarks.pi_estimate import estimate_report
 from benchmarks.worker import RESULT_MARKER
 from device.audio import SAMPLE_RATE, normalize_windows
 from device.bundle import Bundle, BundleError, load_bundle, sha256_of
@@ -680,6 +681,7 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
             {**_peak_dict(p), "problem": peak_problems.get(p.threads, "")} for p in peaks.values()
         ],
         "accuracy_source": accuracy_note,
+        "pi_estimate": estimate_report(manifest.macs_per_window, manifest.audio.hop_s),
         "rows": summaries,
         "comparisons": comparisons(summaries),
     }
