@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group("speed (same numbers, faster or slower)")
     speed.add_argument("--device", choices=DEVICES, default=_DEFAULT.device)
     speed.add_argument(
-        "--threads", type=int, default=_DEFAULT.threads, help="torch threads; 0 = torch's default"
+        "--threads",
+        type=int,
+        default=_DEFAULT.threads,
+        help="torch threads (0 = torch's default: one per core); 1 is fastest on a busy machine",
     )
     speed.add_argument(
         "--workers", type=int, default=_DEFAULT.workers, help="DataLoader worker processes"

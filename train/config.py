@@ -49,7 +49,9 @@ class TrainConfig:
     seed: int = 0
     # speed and placement (do not change the numbers on one machine; see docs/training.md)
     device: str = "auto"
-    threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
+    # torch.set_num_threads. 1 by default: on a 2-core machine shared with other jobs, two
+    # OpenMP threads ran a training step 10x slower than one (docs/training.md).
+    threads: int = 1
     workers: int = 0  # DataLoader workers; 0 loads in the training process
     cache_mb: int = 2048  # decoded training signals kept in memory, at most
     eval_batch_windows: int = 128
