@@ -174,37 +174,62 @@ def band_limit(
     return out.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class AugmentDraw:
+    """The random choices for one crop, drawn whether or not each kind is switched on, so
+    switching one kind off leaves the choices of the others unchanged."""
+
+    fire: dict[str, bool]
+    snr_db: float
+    noise_seed: int
+    codec: int
+    compression: float
+    gain_db: float
+    lowpass_hz: float | None
+    highpass_hz: float | None
+
+
 class Augmenter:
-    """Applies the configured kinds, in a fixed order, each with its probability."""
+    """Applies the configured kinds, in a fixed order, each with its probability:
+    band-limit, noise, codec, gain (the order a recording chain would apply them)."""
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config
 
-    def __call__(self, signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, rng: np.random.Generator) -> AugmentDraw:
         c = self.config
-        out = np.asarray(signal, dtype=np.float32)
-        # Draw the same numbers whether a kind is on or not, so switching one kind off
-        # leaves the random choices of the others unchanged.
-        draws = {kind: rng.random() < c.probability for kind in AUGMENT_KINDS}
-        snr_db = rng.uniform(c.snr_db_min, c.snr_db_max)
+        fire = {kind: bool(rng.random() < c.probability) for kind in AUGMENT_KINDS}
+        snr_db = float(rng.uniform(c.snr_db_min, c.snr_db_max))
         noise_seed = int(rng.integers(2**63 - 1))
         codec = int(rng.integers(len(_CODECS)))
-        compression = rng.uniform(c.codec_compression_min, c.codec_compression_max)
-        gain_db = rng.uniform(c.gain_db_min, c.gain_db_max)
+        compression = float(rng.uniform(c.codec_compression_min, c.codec_compression_max))
+        gain_db = float(rng.uniform(c.gain_db_min, c.gain_db_max))
         band_choice = int(rng.integers(3))  # 0 low-pass, 1 high-pass, 2 both
-        lowpass_hz = rng.uniform(c.lowpass_hz_min, c.lowpass_hz_max)
-        highpass_hz = rng.uniform(c.highpass_hz_min, c.highpass_hz_max)
+        lowpass_hz = float(rng.uniform(c.lowpass_hz_min, c.lowpass_hz_max))
+        highpass_hz = float(rng.uniform(c.highpass_hz_min, c.highpass_hz_max))
+        return AugmentDraw(
+            fire=fire,
+            snr_db=snr_db,
+            noise_seed=noise_seed,
+            codec=codec,
+            compression=compression,
+            gain_db=gain_db,
+            lowpass_hz=lowpass_hz if band_choice in (0, 2) else None,
+            highpass_hz=highpass_hz if band_choice in (1, 2) else None,
+        )
 
-        if "bandlimit" in c.kinds and draws["bandlimit"]:
-            out = band_limit(
-                out,
-                lowpass_hz if band_choice in (0, 2) else None,
-                highpass_hz if band_choice in (1, 2) else None,
-            )
-        if "noise" in c.kinds and draws["noise"]:
-            out = add_noise(out, snr_db, np.random.default_rng(noise_seed))
-        if "codec" in c.kinds and draws["codec"]:
-            out = codec_round_trip(out, codec, compression)
-        if "gain" in c.kinds and draws["gain"]:
-            out = apply_gain(out, gain_db)
+    def apply(self, signal: np.ndarray, draw: AugmentDraw) -> np.ndarray:
+        kinds = self.config.kinds
+        out = np.asarray(signal, dtype=np.float32)
+        if "bandlimit" in kinds and draw.fire["bandlimit"]:
+            out = band_limit(out, draw.lowpass_hz, draw.highpass_hz)
+        if "noise" in kinds and draw.fire["noise"]:
+            out = add_noise(out, draw.snr_db, np.random.default_rng(draw.noise_seed))
+        if "codec" in kinds and draw.fire["codec"]:
+            out = codec_round_trip(out, draw.codec, draw.compression)
+        if "gain" in kinds and draw.fire["gain"]:
+            out = apply_gain(out, draw.gain_db)
         return out
+
+    def __call__(self, signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(signal, self.draw(rng))
