@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -310,3 +311,14 @@ def test_shell_scripts_pass_shellcheck() -> None:
     scripts = [REPO / "scripts" / "deploy.sh", REPO / "deploy" / "install-on-pi.sh"]
     out = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_agent_load_benchmark_reports_its_figures(fixture_bundle, tmp_path: Path) -> None:
+    from benchmarks.agent_load import main as agent_load
+
+    out = tmp_path / "agent_load.json"
+    assert agent_load(["--bundle", str(fixture_bundle), "--seconds", "1.5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["audio_s"] == 1.5 and report["windows"] == 11 and report["overflows"] == 0
+    assert 0 < report["cpu_percent_of_one_core"] < 200 and report["peak_rss_mib"] > 10
+    assert report["latency_ms"]["n"] == 11 and report["latency_ms"]["p50"] > 0
