@@ -50,12 +50,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results", help="results directory"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per row (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh processes per row; round 2 runs the rows in reverse order (default 2)",
+    )
     parser.add_argument(
         "--seconds-per-row",
         type=float,
-        default=4.5,
-        help="measured time per row over all rounds (default 4.5)",
+        default=4.0,
+        help="measured time per row over all rounds (default 4.0)",
     )
     parser.add_argument("--warmup-s", type=float, default=0.3)
     parser.add_argument(

@@ -61,8 +61,10 @@ RTF_DEFINITION = (
 )
 COLD_START_DEFINITION = (
     "process start to first score: from the parent's spawn of a fresh Python process to the "
-    "worker's first logits (interpreter start, imports, model load, first inference); median "
-    "over rounds, with the OS file cache warm after the first"
+    "worker's first logits (interpreter start, imports, model load, first inference; the JSON "
+    "splits it into those stages); median over rounds, with the OS file cache warm after the "
+    "first. TFLite rows load through device.runtime, so theirs includes importing the device's "
+    "audio front end (scipy.signal), as the agent on a Pi does"
 )
 RSS_DEFINITION = "peak resident set (ru_maxrss) of the worker process, which loads only that format"
 EFFICIENCY_DEFINITION = (
@@ -79,8 +81,8 @@ class BenchmarkError(RuntimeError):
 class BenchSettings:
     bundle: Path
     out_dir: Path = REPO / "benchmarks" / "results"
-    rounds: int = 3
-    seconds_per_row: float = 4.5  # measured time per row, over all its rounds together
+    rounds: int = 2
+    seconds_per_row: float = 4.0  # measured time per row, over all its rounds together
     warmup_s: float = 0.3
     warmup_min_runs: int = 5
     min_runs_per_round: int = 20
@@ -138,6 +140,7 @@ class Row:
     spec: dict[str, Any] = field(default_factory=dict)
     results: list[dict[str, Any]] = field(default_factory=list)
     cold_starts_ms: list[float] = field(default_factory=list)
+    cold_start_stages: list[dict[str, float]] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -467,6 +470,7 @@ def summarize_row(
         "rtf": None,
         "cold_start_ms": None,
         "cold_starts_ms": [],
+        "cold_start_stages_ms": {},
         "load_ms": None,
         "peak_rss_bytes": None,
         "macs_per_s": None,
@@ -494,6 +498,10 @@ def summarize_row(
         rtf=median_ms / 1000.0 / hop_s,
         cold_start_ms=statistics.median(row.cold_starts_ms) if row.cold_starts_ms else None,
         cold_starts_ms=row.cold_starts_ms,
+        cold_start_stages_ms={
+            stage: statistics.median(s[stage] for s in row.cold_start_stages)
+            for stage in (row.cold_start_stages[0] if row.cold_start_stages else {})
+        },
         load_ms=statistics.median(r["load_ms"] for r in row.results),
         macs_per_s=macs_per_s,
         efficiency=_ratio(macs_per_s, peak.macs_per_s if peak else None),
@@ -699,6 +707,18 @@ def _absorb(row: Row, result: dict[str, Any], spawn_ns: int, round_index: int) -
         first = result.get("first_score_monotonic_ns")
         if isinstance(first, int):
             row.cold_starts_ms.append((first - spawn_ns) / 1e6)
+        stages = result.get("stages_monotonic_ns") or {}
+        if all(
+            isinstance(stages.get(k), int) for k in ("main", "imported", "loaded", "first_score")
+        ):
+            row.cold_start_stages.append(
+                {
+                    "interpreter_ms": (stages["main"] - spawn_ns) / 1e6,
+                    "runtime_import_ms": (stages["imported"] - stages["main"]) / 1e6,
+                    "model_load_ms": (stages["loaded"] - stages["imported"]) / 1e6,
+                    "first_inference_ms": (stages["first_score"] - stages["loaded"]) / 1e6,
+                }
+            )
         if row.status == "pending":
             row.status = "ok"
     elif status == "skipped":

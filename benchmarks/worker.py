@@ -158,13 +158,18 @@ def peak_rss_bytes() -> int:
     return int(usage if sys.platform == "darwin" else usage * 1024)  # Linux reports KiB
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
+def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
+    """Cold-start stages are CLOCK_MONOTONIC stamps, which the parent compares with its
+    spawn time: main_ns (interpreter and numpy up), imported_ns (the runtime imported),
+    loaded_ns (the model loaded, with the loader's own imports), first_score_ns."""
     runtime = RUNTIMES[spec["runtime"]]
     windows = np.load(spec["windows_path"]).astype(np.float32)
     module = _import_runtime(runtime)
+    imported_ns = time.monotonic_ns()
     load_start = time.perf_counter()
     predict = LOADERS[runtime.key](spec, module)
     load_ms = (time.perf_counter() - load_start) * 1000.0
+    loaded_ns = time.monotonic_ns()
     first_logits = np.asarray(predict(windows[0]), dtype=np.float32)
     first_score_ns = time.monotonic_ns()
     logits = [first_logits] + [
@@ -203,6 +208,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "runtime_version": _version(runtime.distribution, module),
         "load_ms": load_ms,
         "first_score_monotonic_ns": first_score_ns,
+        "stages_monotonic_ns": {
+            "main": main_ns,
+            "imported": imported_ns,
+            "loaded": loaded_ns,
+            "first_score": first_score_ns,
+        },
         "latencies_ms": [ns / 1e6 for ns in latencies_ns],
         "warmup_runs": warmup_runs,
         "logits": np.stack(logits).astype(float).tolist(),
@@ -235,9 +246,9 @@ def gemm_rate(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(spec: dict[str, Any], main_ns: int = 0) -> dict[str, Any]:
     try:
-        result = gemm_rate(spec) if spec.get("mode") == "gemm" else measure(spec)
+        result = gemm_rate(spec) if spec.get("mode") == "gemm" else measure(spec, main_ns)
     except RuntimeMissingError as error:
         result = {"status": "skipped", "reason": str(error)}
     except Exception as error:  # a failing row is a row, not a crash: report it to the parent
@@ -255,8 +266,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    main_ns = time.monotonic_ns()
     spec = json.loads(sys.stdin.read())
-    result = run(spec)
+    result = run(spec, main_ns)
     sys.stdout.write("\n" + RESULT_MARKER + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0

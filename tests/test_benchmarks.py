@@ -174,6 +174,15 @@ def check_measured_row(row: dict, report: dict) -> None:
     assert row["rtf"] == pytest.approx(latency["median"] / 1000 / hop_s)
     assert row["size_bytes"] == Path(row["model_file"]).stat().st_size
     assert row["cold_start_ms"] > 0 and row["peak_rss_bytes"] > 10 * 2**20
+    stages = row["cold_start_stages_ms"]
+    assert set(stages) == {
+        "interpreter_ms",
+        "runtime_import_ms",
+        "model_load_ms",
+        "first_inference_ms",
+    }
+    assert all(value >= 0 for value in stages.values())
+    assert sum(stages.values()) == pytest.approx(row["cold_start_ms"], rel=1e-6)  # <= 2 rounds
     assert row["macs_per_s"] == pytest.approx(
         report["bundle"]["macs_per_window"] / (latency["median"] / 1000)
     )
