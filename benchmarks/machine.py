@@ -5,9 +5,9 @@ The peak is derived two ways and both are reported:
 - **flags**: vector FMA lanes x FMA pipes per core, read from the CPU's flags in
   /proc/cpuinfo (AVX-512 / AVX2+FMA / AVX / NEON), x the clock /proc/cpuinfo or cpufreq
   reports, x threads. A ceiling that no real kernel reaches.
-- **measured**: numpy's fp32 matrix multiply (its BLAS, a GEMM of 1024 x 1024 x 1024) at the
-  same thread count, best of repeats, in a fresh process. What a tuned fp32 kernel does get
-  on this machine; the efficiency column uses this one.
+- **measured**: numpy's fp32 matrix multiply (its BLAS; square 256 and 512 matrices) at the
+  same thread count, the best repeat, in a fresh process, before and after the rows. What a
+  tuned fp32 kernel does get on this machine; the efficiency column uses this one.
 
 There is no equally simple way to measure an int8 peak from Python, so the int8 peak is
 the measured fp32 GEMM rate x an assumed int8/fp32 ratio: 4 where the CPU has int8 dot
@@ -191,8 +191,8 @@ def derive_peaks(
             else "unknown (no clock)"
         )
         measured_text = (
-            f"{measured / 1e9:.1f} GMAC/s measured (numpy fp32 matmul 1024^3, best of repeats, "
-            f"{threads} BLAS thread(s))"
+            f"{measured / 1e9:.1f} GMAC/s measured (numpy fp32 matmul, 256^3 and 512^3, best "
+            f"repeat, before and after the rows, {threads} BLAS thread(s))"
             if measured
             else "not measured"
         )

@@ -206,6 +206,13 @@ def render(report: dict[str, Any]) -> str:
             "",
             estimate_markdown(report["pi_estimate"]),
         ]
+    above = [r["key"] for r in report["rows"] if (r.get("efficiency") or 0) > 1.0]
+    if above:
+        lines += [
+            "",
+            "Above 100% of the measured peak (the row's kernel beat numpy's BLAS GEMM, or the "
+            "GEMM ran at a busier moment): " + ", ".join(above),
+        ]
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)

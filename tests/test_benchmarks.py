@@ -24,6 +24,7 @@ from benchmarks.report import markdown_table
 from benchmarks.runner import (
     BenchSettings,
     add_ratios,
+    best_rates,
     comparisons,
     latency_stats,
     plan_rows,
@@ -174,6 +175,7 @@ def check_measured_row(row: dict, report: dict) -> None:
     assert row["rtf"] == pytest.approx(latency["median"] / 1000 / hop_s)
     assert row["size_bytes"] == Path(row["model_file"]).stat().st_size
     assert row["cold_start_ms"] > 0 and row["peak_rss_bytes"] > 10 * 2**20
+    assert row["cpu_ms_per_window"] > 0
     stages = row["cold_start_stages_ms"]
     assert set(stages) == {
         "interpreter_ms",
@@ -514,6 +516,11 @@ def test_the_compute_peak_is_derived_from_the_cpu_flags_and_says_how(tmp_path: P
     assert pi4.clock_ghz == pytest.approx(1.8) and pi4.flags == ("asimd",)
     pi_peaks = derive_peaks(pi4, {4: None})
     assert pi_peaks[("int8", 4)].macs_per_s == pytest.approx(8 * 1.8e9 * 4 * 2)  # no sdot: x2
+
+
+def test_the_peak_is_the_best_of_the_measurements_before_and_after_the_rows() -> None:
+    assert best_rates({1: 30e9, 2: None}, {1: 40e9, 2: None}) == {1: 40e9, 2: None}
+    assert best_rates({1: 50e9, 2: 70e9}, {1: None, 2: 60e9}) == {1: 50e9, 2: 70e9}
 
 
 def test_accuracy_is_read_from_the_parity_report_per_format_environment_and_runtime() -> None:
