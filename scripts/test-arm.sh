@@ -11,11 +11,13 @@
 #
 # The bundle for step 3: $ARM_BUNDLE, else bundles/demo when it holds a manifest (after
 # `make demo`), else the small real bundle that tests/device_fixtures.py builds with tensorflow.
-# Everything is cached: a second run spends its time in the comparison alone.
+# Everything is cached (in $ARM_CACHE, default .cache/arm): a second run spends its time in the
+# comparison alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 host_python="$repo/.venv/bin/python"
+export ARM_CACHE="${ARM_CACHE:-$repo/.cache/arm}"
 start_s=$SECONDS
 
 if [ "$(uname -m)" != x86_64 ]; then
@@ -38,14 +40,14 @@ if [ -z "$bundle" ] && [ -f tests/device_fixtures.py ]; then
 import sys
 from pathlib import Path
 from tests.device_fixtures import cached_bundle
-print(cached_bundle(Path(sys.argv[1])))' "$repo/.cache/arm")"
+print(cached_bundle(Path(sys.argv[1])))' "$ARM_CACHE")"
 fi
 bundle_args=()
 [ -n "$bundle" ] && bundle_args=(--bundle "$bundle")
 
 status=0
-nice "$host_python" scripts/arm/compare.py --cache "$repo/.cache/arm" "${bundle_args[@]}" || status=$?
+nice "$host_python" scripts/arm/compare.py --cache "$ARM_CACHE" "${bundle_args[@]}" || status=$?
 echo "test-arm: setup ${setup_s} s, total $((SECONDS - start_s)) s;" \
-  "footprint: .cache/arm $(du -sh .cache/arm | cut -f1), .venv-device $(du -sh .venv-device | cut -f1)," \
+  "footprint: ${ARM_CACHE#"$repo"/} $(du -sh "$ARM_CACHE" | cut -f1), .venv-device $(du -sh .venv-device | cut -f1)," \
   ".venv-tflite $(du -sh .venv-tflite | cut -f1)"
 exit $status

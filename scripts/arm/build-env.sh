@@ -112,6 +112,7 @@ for glibc in 2014 2_17 2_24 2_26 2_27 2_28 2_31 2_34 2_35 2_36; do
   if [ "$glibc" = 2014 ]; then platforms+=(--platform manylinux2014_aarch64)
   else platforms+=(--platform "manylinux_${glibc}_aarch64"); fi
 done
+sites_changed=0
 for runtime in litert tflite; do
   site="$cache/site/$runtime"
   lock="$repo/${lock_files[$runtime]}"
@@ -119,7 +120,7 @@ for runtime in litert tflite; do
   if ! stamp_ok "$site/.clad-stamp" "$key"; then
     say "installing the aarch64 wheels of ${lock_files[$runtime]} into site/$runtime"
     rm -rf "$site" "$site.tmp"
-    "$host_python" -m pip install -q --disable-pip-version-check --target "$site.tmp" \
+    "$host_python" -m pip install -q --disable-pip-version-check --no-compile --target "$site.tmp" \
       --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
       --abi cp311 --abi abi3 --abi none "${platforms[@]}" -r "$lock" 2>&1 |
       grep -v "^WARNING: Location" || true
@@ -127,11 +128,20 @@ for runtime in litert tflite; do
       echo "error: pip installed no aarch64 numpy from ${lock_files[$runtime]} into $site.tmp" >&2
       exit 1
     fi
-    "$host_python" -m compileall -q -j 0 "$site.tmp" >/dev/null || true
-    echo "$key" >"$site.tmp/.clad-stamp"
     mv "$site.tmp" "$site"
+    sites_changed=1
   fi
 done
+if [ "$sites_changed" = 1 ]; then
+  # Both sites hold the same scipy/soundfile/cffi wheels: hard-link identical files (125 MB).
+  "$host_python" "$repo/scripts/arm/dedupe.py" "$cache/site/litert" "$cache/site/tflite"
+  # The .pyc, written by the host's 3.11 (the same bytecode), so that emulated imports do not
+  # compile under qemu. They name their source path, so each site keeps its own.
+  "$host_python" -m compileall -q -j 0 "$cache/site/litert" "$cache/site/tflite" >/dev/null || true
+  for runtime in litert tflite; do
+    hash_of "$repo/${lock_files[$runtime]}" >"$cache/site/$runtime/.clad-stamp"
+  done
+fi
 
 # ------------------------------------------------------------------ wrappers
 for cpu in "${cpus[@]}"; do

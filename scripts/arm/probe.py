@@ -142,7 +142,12 @@ def run_model(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--audio", type=Path, nargs="+", required=True)
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME=PATH", help="default and plain"
+    )
+    parser.add_argument(
+        "--model-default", action="append", default=[], metavar="NAME=PATH", help="default only"
+    )
     parser.add_argument("--window-samples", type=int, default=16000)
     parser.add_argument("--hop-samples", type=int, default=8000)
     parser.add_argument("--out", type=Path, required=True)
@@ -165,15 +170,16 @@ def main() -> None:
     # The stages themselves, so that a stage that is not bit-exact can be measured.
     np.savez(args.out.with_suffix(".npz"), **arrays)
     window_sets = WindowSets(args.audio)
-    for spec in args.model:
+    specs = [(spec, ("default", "plain")) for spec in args.model]
+    specs += [(spec, ("default",)) for spec in args.model_default]
+    for spec, variants in specs:
         name, _, path = spec.partition("=")
         result["models"][name] = {
-            variant: run_model(runtime, Path(path), variant, window_sets)
-            for variant in ("default", "plain")
+            variant: run_model(runtime, Path(path), variant, window_sets) for variant in variants
         }
     args.out.write_text(json.dumps(result))
     print(
-        f"{args.out}: {platform.machine()} {runtime_name}, {len(args.model)} models",
+        f"{args.out}: {platform.machine()} {runtime_name}, {len(specs)} models",
         file=sys.stderr,
     )
 
