@@ -1,0 +1,270 @@
+"""The pieces of `make test-arm` that run without qemu: lock files, fake cpuinfo, test audio,
+the comparison rules and the wheel de-duplication. The emulated run itself is `make test-arm`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from device import audio
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_script(name: str) -> ModuleType:
+    """A module of scripts/arm/ (a folder of scripts, not a package)."""
+    path = REPO / "scripts/arm" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"arm_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load_script("compare")
+dedupe = load_script("dedupe")
+
+
+# --------------------------------------------------------------------------- lock files
+
+
+def pins(path: Path) -> dict[str, str]:
+    result = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([0-9][A-Za-z0-9.]*)", line)
+        assert match, f"{path.name}: expected NAME==VERSION, got {line!r}"
+        result[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return result
+
+
+def test_device_lock_pins_litert_and_numpy2_and_nothing_from_the_desktop():
+    locked = pins(REPO / "requirements/device.txt")
+    assert locked["ai-edge-litert"] == "2.3.0"
+    assert int(locked["numpy"].split(".")[0]) == 2
+    assert {"scipy", "soundfile"} <= locked.keys()
+    assert not {"torch", "tensorflow", "onnx", "pyaudio", "tflite-runtime"} & locked.keys()
+
+
+def test_tflite_lock_pins_tflite_runtime_2_14_with_numpy_below_2():
+    locked = pins(REPO / "requirements/device-tflite.txt")
+    assert locked["tflite-runtime"] == "2.14.0"
+    assert int(locked["numpy"].split(".")[0]) == 1
+    assert {"scipy", "soundfile"} <= locked.keys()
+    assert not {"torch", "tensorflow", "onnx", "pyaudio", "ai-edge-litert"} & locked.keys()
+
+
+def test_both_locks_share_the_front_end_versions():
+    litert = pins(REPO / "requirements/device.txt")
+    tflite = pins(REPO / "requirements/device-tflite.txt")
+    for name in ("scipy", "soundfile", "cffi"):
+        assert litert[name] == tflite[name], name
+
+
+# --------------------------------------------------------------------------- fake cpuinfo
+
+
+def cpuinfo(cpu: str) -> list[dict[str, str]]:
+    text = (REPO / "scripts/arm/cpuinfo" / f"{cpu}.txt").read_text()
+    blocks = [b for b in text.strip().split("\n\n") if b.startswith("processor")]
+    return [
+        {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines())}
+        for block in blocks
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cpu", "part", "dot_product"), [("cortex-a72", "0xd08", False), ("cortex-a76", "0xd0b", True)]
+)
+def test_fake_cpuinfo_describes_the_pis_four_arm_cores(cpu, part, dot_product):
+    cores = cpuinfo(cpu)
+    assert len(cores) == 4
+    for core in cores:
+        assert core["CPU implementer"] == "0x41"  # Arm
+        assert core["CPU part"] == part
+        features = core["Features"].split()
+        assert {"fp", "asimd"} <= set(features)
+        assert ("asimddp" in features) is dot_product
+
+
+# --------------------------------------------------------------------------- test audio
+
+
+def test_the_audio_set_covers_the_rates_codecs_and_layouts_the_issue_names(tmp_path):
+    paths = compare.write_test_audio(tmp_path)
+    infos = [audio.read_info(p) for p in paths]
+    assert {i.sample_rate for i in infos} >= {8000, 16000, 22050, 44100, 48000}
+    assert {i.format for i in infos} >= {"WAV", "FLAC", "OGG", "MP3"}
+    assert {i.subtype for i in infos} >= {"PCM_16", "PCM_24", "FLOAT", "VORBIS"}
+    assert {i.channels for i in infos} == {1, 2}
+    # A FLAC stream inside a .wav name loads (the front end reads the bytes, not the name).
+    flac_in_wav = tmp_path / "flac_in_wav_44k1_stereo.wav"
+    assert audio.read_info(flac_in_wav).format == "FLAC"
+    windows = {p.name: audio.windows_from_file(p, 16000, 8000) for p in paths}
+    assert windows["short_0s6_48k_mono.wav"].normalized.shape == (1, 16000)
+    silent = windows["mostly_silent_16k_mono.flac"].silent
+    assert silent.any() and not silent.all()
+    assert not windows["wav_pcm16_16k_mono.wav"].silent.any()
+
+
+def test_the_audio_set_is_the_same_every_run_for_lossless_files(tmp_path):
+    # Same samples, not same bytes: libsndfile stamps float WAVs' PEAK chunk with the time.
+    first = compare.write_test_audio(tmp_path / "a")
+    second = compare.write_test_audio(tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        if a.suffix in compare.LOSSY_CODECS:
+            continue
+        np.testing.assert_array_equal(audio.decode(a)[0], audio.decode(b)[0], err_msg=a.name)
+
+
+def test_stdin_streams_are_raw_s16le_of_the_stated_layout(tmp_path):
+    streams = compare.write_stdin_pcm(tmp_path)
+    assert {(s.sample_rate, s.channels) for s in streams} == {(48000, 2), (44100, 1)}
+    for stream in streams:
+        data = stream.path.read_bytes()
+        assert len(data) % (2 * stream.channels) == 0
+        pcm = audio.pcm16_to_float(data, stream.channels)
+        seconds = pcm.shape[0] / stream.sample_rate
+        assert 4.0 < seconds < 6.0
+        assert np.abs(pcm).max() > 0.1
+
+
+# --------------------------------------------------------------------------- comparison rules
+
+
+def env(cpu: str = "cortex-a72", runtime: str = "litert"):
+    return compare.Env(cpu, runtime, ("python",))
+
+
+def probe_result(p_spoof: list[float], raw: list[list[int]], hashes: str = "h") -> dict:
+    return {
+        "audio": {
+            "a.wav": {
+                "decoded_sha256": hashes,
+                "signal_sha256": hashes,
+                "windows_sha256": hashes,
+                "silent": [False],
+            }
+        },
+        "models": {
+            "tiny:int8": {
+                "default": {"p_spoof": p_spoof, "raw_outputs": raw, "ms_per_window": 1.0},
+            }
+        },
+    }
+
+
+def test_identical_probes_pass():
+    ref = probe_result([0.2, 0.9], [[10, -10], [-20, 20]])
+    rows = compare.compare_probes(env(), probe_result([0.2, 0.9], [[10, -10], [-20, 20]]), ref)
+    assert compare.verdict(rows) == []
+    model_row = next(r for r in rows if r["check"] == "tiny model")
+    assert model_row["bit_exact"] and model_row["max_p_spoof_diff"] == 0.0
+
+
+def test_one_lsb_of_int8_on_litert_default_fails_but_not_on_tflite():
+    ref = probe_result([0.2, 0.9], [[10, -10], [-20, 20]])
+    ours = probe_result([0.2001, 0.9], [[10, -9], [-20, 20]])
+    litert_rows = compare.compare_probes(env(runtime="litert"), ours, ref)
+    tflite_rows = compare.compare_probes(env(runtime="tflite"), ours, ref)
+    row = next(r for r in litert_rows if r["check"] == "tiny model")
+    assert row["max_raw_diff"] == 1.0 and row["decisions_equal"]
+    assert any("not bit-exact" in p for p in compare.verdict(litert_rows))
+    assert compare.verdict(tflite_rows) == []
+
+
+def test_a_flipped_decision_fails():
+    ref = probe_result([0.2, 0.9], [[10, -10], [-20, 20]])
+    ours = probe_result([0.6, 0.9], [[-1, 1], [-20, 20]])
+    problems = compare.verdict(compare.compare_probes(env(runtime="tflite"), ours, ref))
+    assert any("decisions differ" in p for p in problems)
+
+
+def test_lossless_front_end_must_be_bit_exact(tmp_path):
+    ref, ours = probe_result([0.2], [[1, 1]], "x"), probe_result([0.2], [[1, 1]], "y")
+    arrays = {f"a.wav:{s}": np.zeros(4, np.float32) for s in ("decoded", "signal", "windows")}
+    np.savez(tmp_path / "ref.npz", **arrays)
+    arrays["a.wav:signal"] = np.array([0, 0, 0, 1e-7], np.float32)
+    np.savez(tmp_path / "ours.npz", **arrays)
+    ref["npz"], ours["npz"] = str(tmp_path / "ref.npz"), str(tmp_path / "ours.npz")
+    rows = compare.compare_probes(env(), ours, ref)
+    lossless = next(r for r in rows if r["check"] == "front end, lossless")
+    assert not lossless["bit_exact"]
+    assert lossless["max_signal_diff"] == pytest.approx(1e-7)
+    assert any("WAV/FLAC front end not bit-exact" in p for p in compare.verdict(rows))
+
+
+def event(window: int, p_spoof: float, decision: str, kind: str = "window") -> dict:
+    return {"type": kind, "window": window, "p_spoof": p_spoof, "decision": decision}
+
+
+def test_listen_compares_windows_in_order_and_ignores_heartbeats():
+    stream = compare.PcmStream(Path("s.raw"), 48000, 2)
+    ref = [
+        {"type": "start"},
+        event(0, 0.1, "bonafide", "decision"),
+        event(1, 0.2, "bonafide"),
+        {"type": "stop"},
+    ]
+    ours = [
+        {"type": "start"},
+        {"type": "heartbeat", "p_spoof": 0.5},  # clock-driven: emulation is slower
+        event(1, 0.2 + 1e-9, "bonafide"),
+        event(0, 0.1, "bonafide", "decision"),
+        {"type": "stop"},
+    ]
+    row = compare.compare_listen(env(), "int8", stream, ours, ref)
+    assert row["windows"] == 2 and row["windows_equal"] and row["decisions_equal"]
+    assert row["max_p_spoof_diff"] == pytest.approx(1e-9)
+    ours[2] = event(1, 0.7, "spoof", "decision")
+    row = compare.compare_listen(env(), "int8", stream, ours, ref)
+    assert not row["decisions_equal"]
+    assert compare.verdict([row])
+
+
+def test_score_rows_compare_files_windows_and_errors():
+    ref = [
+        {"file": "/x86/a.wav", "score": 0.3, "decision": "bonafide", "windows": 3},
+        {"file": "/x86/bad.wav", "error": "not a readable audio file"},
+    ]
+    ours = [
+        {"file": "/arm/a.wav", "score": 0.3 + 2e-8, "decision": "bonafide", "windows": 3},
+        {"file": "/arm/bad.wav", "error": "not a readable audio file"},
+    ]
+    row = compare.compare_scores(env(), "fp32", ours, ref)
+    assert row["decisions_equal"] and row["errors_equal"] and row["errors"] == 1
+    assert row["max_p_spoof_diff"] == pytest.approx(2e-8)
+    assert compare.verdict([row]) == []
+    ours[1] = {"file": "/arm/bad.wav", "score": 0.5, "decision": "spoof", "windows": 1}
+    assert compare.verdict([compare.compare_scores(env(), "fp32", ours, ref)])
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def test_dedupe_links_identical_files_only(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "pkg").mkdir(parents=True)
+    (a / "pkg/same.so").write_bytes(b"x" * 1000)
+    (b / "pkg/same.so").write_bytes(b"x" * 1000)
+    (a / "pkg/other.py").write_text("one")
+    (b / "pkg/other.py").write_text("two")
+    (b / "pkg/only_b.py").write_text("b")
+    saved_bytes = dedupe.dedupe(a, b)
+    assert saved_bytes == 1000
+    assert os.path.samefile(a / "pkg/same.so", b / "pkg/same.so")
+    assert not os.path.samefile(a / "pkg/other.py", b / "pkg/other.py")
+    assert (b / "pkg/other.py").read_text() == "two"
+    assert (b / "pkg/only_b.py").read_text() == "b"
+    assert dedupe.dedupe(a, b) == 0  # idempotent
