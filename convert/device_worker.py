@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
-    windows = np.load(args.windows)
+    windows = np.load(args.windows, mmap_mode="r")  # shared with the other workers
     bundle = load_bundle(args.bundle)
     runtime = find_interpreter()
     info = {

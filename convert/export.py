@@ -35,14 +35,25 @@ class OnnxCheck:
         return self.max_abs_logit_diff <= self.tolerance
 
 
-def torch_logits(model: nn.Module, windows: np.ndarray, batch_windows: int = 64) -> np.ndarray:
+TORCH_THREADS = 1
+"""PyTorch threads while scoring. One: on a shared 2-core machine (or next to the onnx2tf
+process) a second OpenMP thread spin-waits and made scoring 5-20x slower, measured."""
+
+
+def torch_logits(model: nn.Module, windows: np.ndarray, batch_windows: int = 16) -> np.ndarray:
     """(n, window_samples) float32 -> (n, 2) float32 logits, model in eval mode, no grad."""
     model.eval()
     out = []
-    with torch.inference_mode():
-        for start in range(0, windows.shape[0], batch_windows):
-            batch = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch_windows]))
-            out.append(model(batch).numpy().astype(np.float32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        with torch.inference_mode():
+            for start in range(0, windows.shape[0], batch_windows):
+                batch = windows[start : start + batch_windows]
+                batch = torch.from_numpy(np.ascontiguousarray(batch))
+                out.append(model(batch).numpy().astype(np.float32))
+    finally:
+        torch.set_num_threads(threads)
     if not out:
         return np.zeros((0, 2), dtype=np.float32)
     return np.concatenate(out, axis=0)

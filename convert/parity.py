@@ -46,6 +46,16 @@ INT8_MAX_EER_DELTA = 0.01
 FLOAT_MAX_LOGIT_DIFF = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEVICE_VENVS = (".venv-tflite", ".venv-device")
+DEVICE_VENV_FORMATS = {".venv-tflite": ("fp32", "int8"), ".venv-device": ("int8",)}
+"""Formats scored in each device venv. tflite-runtime 2.14 gets both: it is a different
+build with its own known faults (TOOLCHAIN.md). LiteRT 2.3 (the Pi's) gets int8, the
+format the device runs by default; its fp32 kernels are LiteRT 2.1's, already a row."""
+
+
+def device_venv_formats(venv: str) -> tuple[str, ...]:
+    return DEVICE_VENV_FORMATS.get(Path(venv).name, ("fp32", "int8"))
+
+
 WORKER_TIMEOUT_S = 600.0
 
 
@@ -178,12 +188,20 @@ def _between(thresholds: np.ndarray, index: int) -> float:
 def choose_thresholds(
     file_logits: np.ndarray, labels: np.ndarray, far_target: float = 0.01
 ) -> Thresholds:
+    """Thresholds from dev file logits; see `thresholds_from_margins`."""
+    return thresholds_from_margins(margins(file_logits), labels, far_target)
+
+
+def thresholds_from_margins(
+    m: np.ndarray, labels: np.ndarray, far_target: float = 0.01
+) -> Thresholds:
     """The dev EER point, and the lowest threshold whose dev false-alarm rate is <= far_target.
 
-    False alarm = bona fide called spoof (the alarm the device raises by mistake). Each
-    threshold is placed between two adjacent distinct dev scores (see `_between`).
+    `m`: spoof logit margins of the dev files. False alarm = bona fide called spoof (the
+    alarm the device raises by mistake). Each threshold is placed between two adjacent
+    distinct dev scores (see `_between`).
     """
-    m = margins(file_logits)
+    m = np.asarray(m, dtype=np.float64)
     eer = compute_eer(m, labels)
     thresholds, rejection, acceptance = error_rates(m, labels)
     eer_index = int(np.searchsorted(thresholds, eer.threshold, side="left"))

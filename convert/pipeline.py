@@ -3,7 +3,7 @@
     run_dir/best.pt (+ its run config: dataset format and root)
       -> calibration windows (train split)      convert.calibrate
       -> model.onnx, checked                    convert.export
-      -> onnx2tf in the background              convert.tflite
+      -> onnx2tf + int8 quantization, in the background   convert.tflite
          meanwhile: dev thresholds (torch), eval windows, torch and ONNX eval logits
       -> model_fp32.tflite, model_int8.tflite: tensor specs, XNNPACK partitions, latency
       -> manifest.json (models), read back as the device does
@@ -316,20 +316,19 @@ def convert_run(
             onnx_path = export_onnx(model, window_samples, staging / MODEL_FILES["onnx"])
 
         job = Onnx2tfJob(onnx_path, calibration.windows, work_parent / "onnx2tf-run").start()
-        log(f"           onnx2tf started in the background (log: {job.log_path})")
+        log(f"           onnx2tf + int8 quantization started in the background ({job.work_dir})")
 
-        with clock.step("dev split: windows, PyTorch scores, thresholds"):
+        with clock.step("dev split: PyTorch file scores, thresholds"):
             dev_records = [r for r in records if r.split == "dev"]
-            with _progress("dev files", len(dev_records), settings.show_progress) as advance:
-                dev = par.prepare_split(
-                    records, "dev", window_samples, hop_samples, floor_dbfs, advance
-                )
-            dev_logits = dev.file_logits(torch_logits(model, dev.windows))
-            thresholds = par.choose_thresholds(dev_logits, dev.labels, settings.far_target)
+            dev_labels = np.array([r.target for r in dev_records], dtype=np.int64)
+            dev_margins, dev_source = _dev_margins(
+                run, dev_records, window_samples, hop_samples, floor_dbfs, settings, log
+            )
+            thresholds = par.thresholds_from_margins(dev_margins, dev_labels, settings.far_target)
             log(
                 f"           dev EER {100 * thresholds.eer:.2f}% at P(spoof) >= "
                 f"{thresholds.eer_p_spoof:.4f}; {100 * settings.far_target:g}% false-alarm "
-                f"threshold {thresholds.far_p_spoof:.4f}"
+                f"threshold {thresholds.far_p_spoof:.4f} ({dev_source})"
             )
 
         with clock.step("eval split: windows, PyTorch and onnxruntime logits"):
@@ -357,10 +356,13 @@ def convert_run(
             onnx_row.seconds = time.perf_counter() - started
             rows.append(onnx_row)
 
-        with clock.step("waiting for onnx2tf"):
+        with clock.step("waiting for onnx2tf and the int8 quantization"):
             conversion = job.wait()
             job = None
-            log(f"           onnx2tf took {conversion.seconds:.1f} s")
+            log(
+                f"           onnx2tf {conversion.onnx2tf_seconds:.1f} s, int8 quantization "
+                f"{conversion.quantize_seconds:.1f} s"
+            )
 
         with clock.step("TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread"):
             fp32_path = staging / MODEL_FILES["fp32"]
@@ -441,7 +443,7 @@ def convert_run(
             "thresholds_from": {
                 "split": "dev",
                 "files": thresholds.files,
-                "scores": "PyTorch file scores",
+                "scores": dev_source,
             },
             "parity_on": {
                 "split": "eval",
@@ -453,9 +455,8 @@ def convert_run(
             **tool_versions(),
             "onnx_opset": ONNX_OPSET,
             "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
-            "onnx2tf_arguments": " ".join(
-                a if not a.startswith("/") else Path(a).name for a in conversion.command[3:]
-            ),
+            "onnx2tf_arguments": " ".join(conversion.onnx2tf_arguments),
+            "int8_quantization": conversion.quantization,
             "int8_io": (
                 "int8 input and output: the device quantizes the normalized window with the "
                 "input's scale/zero_point and dequantizes the logits, so the graph is integer "
@@ -490,7 +491,7 @@ def convert_run(
                         venv,
                         staging,
                         windows_path,
-                        ("fp32", "int8"),
+                        par.device_venv_formats(venv),
                         work_parent / f"worker-{Path(venv).name}",
                         num_threads=settings.num_threads,
                     ).start()
@@ -514,7 +515,7 @@ def convert_run(
                 row.seconds = time.perf_counter() - started
                 rows.append(row)
             for venv, venv_job, problem in venv_jobs:
-                names = {fmt: f"{fmt} @ {venv}" for fmt in ("fp32", "int8")}
+                names = {fmt: f"{fmt} @ {venv}" for fmt in par.device_venv_formats(venv)}
                 if venv_job is None:
                     status = "skipped" if problem.startswith("not built") else "failed"
                     log(f"           {venv}: {status}: {problem}")
@@ -579,7 +580,10 @@ def convert_run(
                 },
                 "xnnpack": {name: rep.to_dict() for name, rep in delegation.items()},
                 "latency_1_thread": latency,
-                "onnx2tf_seconds": round(conversion.seconds, 2),
+                "conversion_seconds": {
+                    "onnx2tf": round(conversion.onnx2tf_seconds, 2),
+                    "int8_quantization": round(conversion.quantize_seconds, 2),
+                },
                 "timings_s": dict(clock.steps),
                 "settings": settings.to_dict(),
             }
@@ -642,6 +646,73 @@ def convert_run(
             shutil.rmtree(staging, ignore_errors=True)
         if temporary is not None:
             temporary.cleanup()
+
+
+DEV_SCORES_FILE = "scores_dev.txt"
+DEV_CHECK_FILES = 16
+DEV_CHECK_MAX_DIFF = 1e-4
+
+
+def _dev_margins(
+    run: LoadedRun,
+    dev_records: list[Any],
+    window_samples: int,
+    hop_samples: int,
+    floor_dbfs: float,
+    settings: ConvertSettings,
+    log: Log,
+) -> tuple[np.ndarray, str]:
+    """Spoof logit margins of the dev files: from the run's score file when it is the same model.
+
+    Training scored the dev split with these very weights and wrote `scores_dev.txt`
+    (ASVspoof convention: logit_bonafide - logit_spoof, 6 decimals). It is used when it
+    covers every dev file and a seeded sample of DEV_CHECK_FILES files, scored again here
+    with PyTorch, agrees within DEV_CHECK_MAX_DIFF; otherwise the whole dev split is scored.
+    """
+    path = run.checkpoint_path.parent / DEV_SCORES_FILE
+    file_margins = _read_score_file(path)
+    ids = [r.utterance_id or Path(r.path).stem for r in dev_records]
+    if file_margins is not None and all(i in file_margins for i in ids):
+        margins = np.array([file_margins[i] for i in ids], dtype=np.float64)
+        rng = np.random.default_rng(0)
+        sample = sorted(rng.choice(len(dev_records), min(DEV_CHECK_FILES, len(ids)), replace=False))
+        checked = par.prepare_split(
+            [dev_records[i] for i in sample], "dev", window_samples, hop_samples, floor_dbfs
+        )
+        torch_margins = par.margins(checked.file_logits(torch_logits(run.model, checked.windows)))
+        diff = float(np.max(np.abs(torch_margins - margins[sample])))
+        if diff <= DEV_CHECK_MAX_DIFF:
+            return margins, (
+                f"PyTorch file scores from {path.name} ({len(sample)} files re-scored here, "
+                f"max difference {diff:.1e})"
+            )
+        log(
+            f"           {path} differs from these weights by {diff:.2e} on {len(sample)} "
+            "files: scoring the dev split here"
+        )
+    with _progress("dev files", len(dev_records), settings.show_progress) as advance:
+        dev = par.prepare_split(
+            dev_records, "dev", window_samples, hop_samples, floor_dbfs, advance
+        )
+    return par.margins(dev.file_logits(torch_logits(run.model, dev.windows))), (
+        "PyTorch file scores computed here"
+    )
+
+
+def _read_score_file(path: Path) -> dict[str, float] | None:
+    """utterance id -> spoof margin from an ASVspoof score file, or None when unusable."""
+    if not path.is_file():
+        return None
+    out: dict[str, float] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) != 4:
+            return None
+        try:
+            out[parts[0]] = -float(parts[3])  # higher = more bona fide -> spoof margin
+        except ValueError:
+            return None
+    return out
 
 
 def _venv_target(venv: str) -> str:

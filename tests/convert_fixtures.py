@@ -48,8 +48,8 @@ def _voice(rng: np.random.Generator, samples: int, pulses: bool = False) -> np.n
     return signal / np.max(np.abs(signal))
 
 
-def _utterance(rng: np.random.Generator, attack: str) -> np.ndarray:
-    samples = int(FILE_SECONDS * SAMPLE_RATE)
+def _utterance(rng: np.random.Generator, attack: str, seconds: float = FILE_SECONDS) -> np.ndarray:
+    samples = int(seconds * SAMPLE_RATE)
     signal = _voice(rng, samples, pulses=attack == "A03")
     if attack == "A01":
         sos = butter(6, [4000, 7000], btype="bandpass", fs=SAMPLE_RATE, output="sos")
@@ -61,14 +61,22 @@ def _utterance(rng: np.random.Generator, attack: str) -> np.ndarray:
     return (level * signal / np.max(np.abs(signal))).astype(np.float32)
 
 
-def write_easy_corpus(root: Path, seed: int = 7) -> Path:
-    """Write the corpus under root/LA; return root/LA (what load_dataset takes)."""
+def write_easy_corpus(
+    root: Path,
+    seed: int = 7,
+    sizes: dict[str, tuple[int, int]] | None = None,
+    seconds: float = FILE_SECONDS,
+) -> Path:
+    """Write the corpus under root/LA; return root/LA (what load_dataset takes).
+
+    sizes: split -> (bona fide files, files per attack), SPLIT_SIZES by default.
+    """
     la = root / "LA"
     protocols = la / "ASVspoof2019_LA_cm_protocols"
     protocols.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     counter = 1000000
-    for split, (bonafide, per_attack) in SPLIT_SIZES.items():
+    for split, (bonafide, per_attack) in (sizes or SPLIT_SIZES).items():
         audio_dir = la / f"ASVspoof2019_LA_{split}" / "flac"
         audio_dir.mkdir(parents=True, exist_ok=True)
         lines = []
@@ -79,7 +87,7 @@ def write_easy_corpus(root: Path, seed: int = 7) -> Path:
             counter += 1
             utterance = f"LA_{PREFIX[split]}_{counter}"
             speaker = f"LA_{split[0].upper()}{index % 6:03d}"
-            sf.write(audio_dir / f"{utterance}.flac", _utterance(rng, attack), SAMPLE_RATE)
+            sf.write(audio_dir / f"{utterance}.flac", _utterance(rng, attack, seconds), SAMPLE_RATE)
             lines.append(f"{speaker} {utterance} - {attack} {key}")
         (protocols / PROTOCOLS[split]).write_text("\n".join(lines) + "\n")
     return la

@@ -164,3 +164,14 @@ def test_cli_reports_a_missing_run_without_a_traceback(
     status = main(["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "b")])
     assert status == EXIT_ERROR
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_convert_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
+    from convert.pipeline import ConvertSettings, convert_run
+
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"not a bundle")
+    with pytest.raises(ConversionError, match=r"holds no manifest\.json; refusing to replace"):
+        convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out, show_progress=False))
+    assert (out / "holiday.jpg").read_bytes() == b"not a bundle"
