@@ -44,6 +44,8 @@ train: $(STAMP)
 	$(PY) -m train --format asvspoof2019 --root $(DATA)/LA --name $(notdir $(RUN)) --runs-dir $(dir $(RUN))
 
 convert: $(STAMP)
+	@# the parity gate also runs the bundle on tflite-runtime 2.14 where that venv installs
+	-@./scripts/device-venv.sh tflite
 	$(PY) -m convert --run $(RUN) --out $(OUT)
 
 bench: $(STAMP)
