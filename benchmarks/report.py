@@ -21,6 +21,7 @@ COLUMNS = (
     "median ms",
     "p90 ms",
     "p99 ms",
+    "CPU ms",
     "RTF",
     "cold start",
     "RSS",
@@ -92,6 +93,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
                 _ms(latency.get("median")),
                 _ms(latency.get("p90")),
                 _ms(latency.get("p99")),
+                _ms(row.get("cpu_ms_per_window")),
                 "-" if row.get("rtf") is None else f"{row['rtf']:.4f}",
                 "-" if cold is None else f"{cold / 1000:.2f} s",
                 "-" if not rss or status != "ok" else f"{rss / 1024 / 1024:.0f} MiB",
@@ -129,10 +131,21 @@ def headline(report: dict[str, Any], threads: int = 1) -> list[str]:
             parts.append(f"{item['int8_vs_pytorch']:.2f}x PyTorch eager's speed")
         if item.get("int8_vs_tflite_fp32") is not None:
             parts.append(f"{item['int8_vs_tflite_fp32']:.2f}x TFLite fp32's")
+        by_cpu = [
+            f"{item[key]:.2f}x {name}"
+            for key, name in (
+                ("int8_vs_pytorch_by_cpu", "PyTorch's"),
+                ("int8_vs_tflite_fp32_by_cpu", "fp32's"),
+            )
+            if item.get(key) is not None
+        ]
         if parts:
             out.append(
                 f"TFLite int8 on {where}, {threads} thread(s): {item['int8_median_ms']:.3f} ms "
-                f"per window, " + " and ".join(parts) + " (>1 = int8 faster)"
+                f"per window, "
+                + " and ".join(parts)
+                + " (>1 = int8 faster)"
+                + (f"; by CPU time per window {' and '.join(by_cpu)}" if by_cpu else "")
             )
     return out
 

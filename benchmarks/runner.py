@@ -588,6 +588,14 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         if fp32 and fp32["status"] == "ok":
             item["int8_vs_tflite_fp32"] = fp32["latency_ms"]["median"] / r["latency_ms"]["median"]
+            item["int8_vs_tflite_fp32_by_cpu"] = _ratio(
+                fp32.get("cpu_ms_per_window"), r.get("cpu_ms_per_window")
+            )
+        pytorch = by_key.get(("pytorch", "torch", "current", r["threads"]))
+        if pytorch and pytorch["status"] == "ok":
+            item["int8_vs_pytorch_by_cpu"] = _ratio(
+                pytorch.get("cpu_ms_per_window"), r.get("cpu_ms_per_window")
+            )
         out.append(item)
     return out
 

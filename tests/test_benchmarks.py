@@ -547,6 +547,7 @@ def test_a_saved_report_renders_again(tmp_path: Path) -> None:
         r.update(
             format_label=r["format"], size_bytes=2048, eer=0.05, agreement=1.0, rtf=0.01,
             cold_start_ms=500.0, peak_rss_bytes=100 << 20, macs_per_s=1e9, efficiency=0.1,
+            cpu_ms_per_window=0.4,
             reason="",
         )  # fmt: skip
         r["latency_ms"].update(p90=1.0, p99=2.0)
@@ -555,7 +556,7 @@ def test_a_saved_report_renders_again(tmp_path: Path) -> None:
     )
     table = markdown_table({"rows": rows})
     lines = table.splitlines()
-    assert lines[0].count("|") == lines[2].count("|") == 16
+    assert lines[0].count("|") == lines[2].count("|") == 17
     assert "16.00x" in lines[3] and "failed [1]" in lines[4] and lines[-1] == "[1] boom"
     report_path = tmp_path / "saved.json"
     report = {
