@@ -261,6 +261,428 @@ def _runtime_label(module: str, version: str) -> str:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class _TfliteFiles:
+    fp32_path: Path
+    int8_path: Path
+    specs: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]
+    delegation: dict[str, DelegationReport]
+    latency: dict[str, Any]
+
+
+class _Conversion:
+    """One conversion's state, one method per step (convert_run calls them in order)."""
+
+    def __init__(
+        self,
+        settings: ConvertSettings,
+        staging: Path,
+        work_dir: Path,
+        calibration: CalibrationSet | None,
+        log: Log,
+    ) -> None:
+        self.settings = settings
+        self.staging = staging
+        self.work_dir = work_dir
+        self.calibration = calibration
+        self.log = log
+        self.job: Onnx2tfJob | None = None
+        self.venv_jobs: list[par.DeviceVenvJob] = []
+        self.rows: list[par.Row] = []
+
+    def _calibration(self) -> CalibrationSet:
+        if self.calibration is None:
+            raise ConversionError("calibration windows were not drawn before they were needed")
+        return self.calibration
+
+    def cancel_background(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+        for job in self.venv_jobs:
+            job.cancel()
+
+    # ------------------------------------------------------------------ steps
+
+    def load(self) -> None:
+        import torch
+
+        self.run = load_run(self.settings.run_dir, self.settings.checkpoint_name)
+        self.records, self.dataset_summary = load_records(self.run.config)
+        scoring = self.run.checkpoint.scoring
+        self.window_samples = int(scoring["window_samples"])
+        self.hop_samples = int(scoring["hop_samples"])
+        self.floor_dbfs = float(scoring["silence_floor_dbfs"])
+        torch.manual_seed(0)
+
+    def draw_calibration(self) -> None:
+        if self.calibration is None:
+            self.calibration = draw_calibration_windows(
+                self.records,
+                self.window_samples,
+                max(1, min(self.hop_samples, self.window_samples // 8)),
+                self.floor_dbfs,
+                windows=self.settings.calibration_windows,
+                seed=self.settings.calibration_seed,
+            )
+        c = self.calibration
+        self.log(
+            f"           {c.windows.shape[0]} windows from {c.files} files, by label "
+            f"{c.by_label}, by attack {c.by_attack}"
+        )
+
+    def export_and_start_tflite(self) -> None:
+        self.onnx_path = export_onnx(
+            self.run.model, self.window_samples, self.staging / MODEL_FILES["onnx"]
+        )
+        self.job = Onnx2tfJob(
+            self.onnx_path, self._calibration().windows, self.work_dir / "tflite"
+        ).start()
+        self.log(
+            f"           onnx2tf + int8 quantization started in the background ({self.job.work_dir})"
+        )
+
+    def choose_thresholds(self) -> None:
+        dev_records = [r for r in self.records if r.split == "dev"]
+        labels = np.array([r.target for r in dev_records], dtype=np.int64)
+        margins, self.dev_source = _dev_margins(
+            self.run,
+            dev_records,
+            self.window_samples,
+            self.hop_samples,
+            self.floor_dbfs,
+            self.settings,
+            self.log,
+        )
+        self.thresholds = par.thresholds_from_margins(margins, labels, self.settings.far_target)
+        t = self.thresholds
+        self.log(
+            f"           dev EER {100 * t.eer:.2f}% at P(spoof) >= {t.eer_p_spoof:.4f}; "
+            f"{100 * t.far_target:g}% false-alarm threshold {t.far_p_spoof:.4f} "
+            f"({self.dev_source})"
+        )
+
+    def score_reference_rows(self) -> None:
+        import onnxruntime
+        import torch
+
+        eval_records = [r for r in self.records if r.split == "eval"]
+        if not eval_records:
+            raise RunDirectoryError(
+                f"{self.run.config.root}: the dataset has no eval split; the parity gate needs "
+                "held-out files"
+            )
+        with _progress("eval files", len(eval_records), self.settings.show_progress) as advance:
+            self.evaluation = par.prepare_split(
+                eval_records,
+                "eval",
+                self.window_samples,
+                self.hop_samples,
+                self.floor_dbfs,
+                advance,
+            )
+        windows = self.evaluation.windows
+        self.reference = self._timed_row(
+            par.Row("torch", "torch", f"torch {torch.__version__}"),
+            lambda: torch_logits(self.run.model, windows),
+        )
+        self._timed_row(
+            par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}"),
+            lambda: OnnxRuntimePredictor(self.onnx_path)(windows),
+        )
+
+    def _timed_row(self, row: par.Row, compute: Callable[[], np.ndarray]) -> par.Row:
+        started = time.perf_counter()
+        row.window_logits = compute()
+        row.seconds = time.perf_counter() - started
+        self.rows.append(row)
+        return row
+
+    def finish_tflite(self) -> None:
+        if self.job is None:
+            raise ConversionError("the TFLite conversion was never started")
+        self.conversion = self.job.wait()
+        self.job = None
+        self.log(
+            f"           onnx2tf {self.conversion.onnx2tf_seconds:.1f} s, int8 quantization "
+            f"{self.conversion.quantize_seconds:.1f} s"
+        )
+
+    def inspect_tflite(self) -> None:
+        fp32_path = self.staging / MODEL_FILES["fp32"]
+        int8_path = self.staging / MODEL_FILES["int8"]
+        shutil.copyfile(self.conversion.float32_path, fp32_path)
+        shutil.copyfile(self.conversion.int8_path, int8_path)
+        specs = {"fp32": tensor_specs(fp32_path), "int8": tensor_specs(int8_path)}
+        _check_tflite_io(fp32_path.name, specs["fp32"], self.window_samples, "float32")
+        _check_tflite_io(int8_path.name, specs["int8"], self.window_samples, IO_DTYPE_INT8)
+        threads = self.settings.num_threads
+        delegation = {
+            "fp32": delegation_report(fp32_path, threads),
+            "int8": delegation_report(int8_path, threads),
+        }
+        for name, report in delegation.items():
+            self.log(f"           {name}: {report.summary()}")
+        fp32_ms, int8_ms = measure_latency(
+            [fp32_path, int8_path], num_threads=1, runs=self.settings.latency_runs
+        )
+        latency = {
+            "num_threads": 1,
+            "fp32": fp32_ms.__dict__,
+            "int8": int8_ms.__dict__,
+            "int8_not_slower": int8_ms.median_ms <= fp32_ms.median_ms,
+        }
+        self.log(
+            f"           1 thread, median: fp32 {fp32_ms.median_ms:.3f} ms, int8 "
+            f"{int8_ms.median_ms:.3f} ms"
+        )
+        self.tflite = _TfliteFiles(fp32_path, int8_path, specs, delegation, latency)
+
+    def _manifest(self, files: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {"threshold_details": self.thresholds.to_dict()}
+        if parity is not None:
+            extra["parity"] = parity
+        return build_manifest(
+            model=self._model_summary(),
+            window_samples=self.window_samples,
+            hop_samples=self.hop_samples,
+            silence_floor_dbfs=self.floor_dbfs,
+            threshold=self._threshold(),
+            files=files,
+            data=self._data(),
+            tools=self._tools(),
+            extra=extra,
+        )
+
+    def write_model_manifest(self) -> None:
+        onnx_in, onnx_out = _onnx_specs(self.window_samples)
+        specs = self.tflite.specs
+        self.model_files = {
+            MODEL_FILES["onnx"]: file_entry(
+                self.onnx_path, precision="fp32", inputs=onnx_in, outputs=onnx_out
+            ),
+            MODEL_FILES["fp32"]: file_entry(
+                self.tflite.fp32_path,
+                precision="fp32",
+                inputs=specs["fp32"][0],
+                outputs=specs["fp32"][1],
+            ),
+            MODEL_FILES["int8"]: file_entry(
+                self.tflite.int8_path,
+                precision="int8",
+                inputs=specs["int8"][0],
+                outputs=specs["int8"][1],
+            ),
+        }
+        write_manifest(self.staging, self._manifest(self.model_files, None))
+        verify_bundle(self.staging)
+
+    def score_tflite_rows(self) -> None:
+        """The device's own Scorer in-process, while the device-venv workers score too."""
+        from device.runtime import Scorer
+
+        windows_path = self.work_dir / "eval_windows.npy"
+        np.save(windows_path, self.evaluation.windows)
+        pending: list[tuple[str, par.DeviceVenvJob | None, str]] = []
+        for venv in self.settings.device_venvs:
+            try:
+                job = par.DeviceVenvJob(
+                    venv,
+                    self.staging,
+                    windows_path,
+                    par.device_venv_formats(venv),
+                    self.work_dir / f"worker-{Path(venv).name}",
+                    num_threads=self.settings.num_threads,
+                ).start()
+            except FileNotFoundError:
+                pending.append((venv, None, f"not built (make {_venv_target(venv)})"))
+                continue
+            except OSError as error:
+                pending.append((venv, None, f"failed to start: {error}"))
+                continue
+            pending.append((venv, job, ""))
+            self.venv_jobs.append(job)
+        for model_format in ("fp32", "int8"):
+            scorer = Scorer(self.staging, model_format, num_threads=self.settings.num_threads)
+            runtime = _runtime_label(scorer.runtime.module, scorer.runtime.version)
+            self._timed_row(
+                par.Row(model_format, model_format, runtime),
+                lambda scorer=scorer: scorer.score_windows(self.evaluation.windows),
+            )
+        for venv, job, problem in pending:
+            self._collect_venv(venv, job, problem)
+
+    def _collect_venv(self, venv: str, job: par.DeviceVenvJob | None, problem: str) -> None:
+        names = {fmt: f"{fmt} @ {venv}" for fmt in par.device_venv_formats(venv)}
+        if job is None:
+            status = "skipped" if problem.startswith("not built") else "failed"
+            self.log(f"           {venv}: {status}: {problem}")
+            self.rows.extend(
+                par.Row(name, fmt, "-", status=status, reason=f"{venv} {problem}")
+                for fmt, name in names.items()
+            )
+            return
+        try:
+            logits, info = job.result()
+        except (RuntimeError, OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[-1][:300]
+            self.log(f"           {venv}: failed: {error}")
+            self.rows.extend(
+                par.Row(name, fmt, "-", status="failed", reason=reason)
+                for fmt, name in names.items()
+            )
+            return
+        runtime = _runtime_label(info["runtime"], info["runtime_version"])
+        self.log(f"           {venv}: {runtime}, numpy {info['numpy']}, {job.seconds:.1f} s")
+        for model_format, name in names.items():
+            row = par.Row(name, model_format, runtime, seconds=job.seconds)
+            row.window_logits = logits[model_format]
+            self.rows.append(row)
+
+    def report(self, steps: dict[str, float]) -> None:
+        evaluation, threshold = self.evaluation, self.thresholds.eer_p_spoof
+        for row in self.rows:
+            if row.status == "ok":
+                row.file_logits = evaluation.file_logits(row.window_logits)
+                row.metrics = par.compute_row_metrics(row, self.reference, evaluation, threshold)
+        self.checks = par.gate_checks(self.rows, self.reference, self.settings.limits)
+        failed_rows = [r for r in self.rows if r.status == "failed"]
+        self.passed = all(c.passed for c in self.checks) and not failed_rows
+        self.table = par.render_table(self.rows)
+        self.parity_report = {
+            "passed": self.passed,
+            "gate": [c.__dict__ for c in self.checks],
+            "limits": dict(self.settings.limits.__dict__),
+            "threshold": {**self._threshold(), **self.thresholds.to_dict()},
+            "rows": [
+                {
+                    "name": r.name,
+                    "format": r.format,
+                    "runtime": r.runtime,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "seconds": round(r.seconds, 3),
+                    **r.metrics,
+                }
+                for r in self.rows
+            ],
+            "eval": {
+                "files": len(evaluation.records),
+                "windows": int(evaluation.windows.shape[0]),
+                "all_silent_files": int(sum(p.all_silent for p in evaluation.prepared)),
+            },
+            "xnnpack": {name: rep.to_dict() for name, rep in self.tflite.delegation.items()},
+            "latency_1_thread": self.tflite.latency,
+            "conversion_seconds": {
+                "onnx2tf": round(self.conversion.onnx2tf_seconds, 2),
+                "int8_quantization": round(self.conversion.quantize_seconds, 2),
+            },
+            "timings_s": dict(steps),
+            "settings": self.settings.to_dict(),
+        }
+        (self.staging / PARITY_JSON).write_text(json.dumps(self.parity_report, indent=2) + "\n")
+        (self.staging / PARITY_MD).write_text(
+            render_markdown(self.parity_report, self.table, self.tflite.delegation),
+            encoding="utf-8",
+        )
+        from convert.plots import write_plots
+
+        self.plots = write_plots(
+            self.rows,
+            self.reference,
+            evaluation.labels,
+            threshold,
+            self.thresholds.eer_margin,
+            self.staging / PLOTS_DIR,
+        )
+
+    def write_final_manifest(self) -> None:
+        files = dict(self.model_files)
+        for path in [self.staging / PARITY_JSON, self.staging / PARITY_MD, *self.plots]:
+            files[path.relative_to(self.staging).as_posix()] = file_entry(path)
+        latency = self.tflite.latency
+        parity = {
+            "passed": self.passed,
+            "report": PARITY_JSON,
+            "failed_checks": [c.describe() for c in self.checks if not c.passed],
+            "xnnpack_partitions_int8": self.tflite.delegation["int8"].partitions,
+            "latency_ms_1_thread": {
+                "fp32": round(latency["fp32"]["median_ms"], 4),
+                "int8": round(latency["int8"]["median_ms"], 4),
+            },
+        }
+        write_manifest(self.staging, self._manifest(files, parity))
+        verify_bundle(self.staging)
+
+    # ------------------------------------------------------------------ manifest parts
+
+    def _model_summary(self) -> dict[str, Any]:
+        data = self.run.checkpoint.data
+        model = self.run.model
+        return {
+            "name": data.get("model_name", "CLAD"),
+            "parameters": int(data.get("parameters") or _count_parameters(model)),
+            "macs_per_window": int(data.get("macs_per_window") or _count_macs(model)),
+            "config": model.config.to_dict(),
+            "input": "one normalized window, [1, window_samples] (int8 file: quantize with "
+            "files.model_int8.tflite.inputs[0] scale and zero_point)",
+            "output": "logits (bonafide, spoof), [1, 2]",
+        }
+
+    def _threshold(self) -> dict[str, Any]:
+        t = self.thresholds
+        return {
+            "value": t.eer_p_spoof,
+            "method": "eer_dev",
+            "eer_dev": t.eer,
+            "far_target": t.far_target,
+            "far_target_value": t.far_p_spoof,
+        }
+
+    def _data(self) -> dict[str, Any]:
+        run, summary = self.run, self.dataset_summary
+        return {
+            "trained_on": {
+                "format": run.config.format,
+                "root": str(run.config.root),
+                "track": run.config.track,
+                "seed": run.config.seed,
+                "splits": summary["splits"],
+                "skipped_records": summary["problems"]["total"],
+                "checkpoint": {
+                    "file": str(run.checkpoint_path),
+                    "sha256": _sha256(run.checkpoint_path),
+                    "epoch": run.checkpoint.data.get("epoch"),
+                    "dev": run.checkpoint.dev,
+                },
+            },
+            "calibrated_on": self._calibration().describe(),
+            "thresholds_from": {
+                "split": "dev",
+                "files": self.thresholds.files,
+                "scores": self.dev_source,
+            },
+            "parity_on": {
+                "split": "eval",
+                "files": len(self.evaluation.records),
+                "windows": int(self.evaluation.windows.shape[0]),
+            },
+        }
+
+    def _tools(self) -> dict[str, Any]:
+        return {
+            **tool_versions(),
+            "onnx_opset": ONNX_OPSET,
+            "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
+            "onnx2tf_arguments": " ".join(self.conversion.onnx2tf_arguments),
+            "int8_quantization": self.conversion.quantization,
+            "int8_io": (
+                "int8 input and output: the device quantizes the normalized window with the "
+                "input's scale/zero_point and dequantizes the logits, so the graph is integer "
+                "end to end"
+            ),
+        }
+
+
 def convert_run(
     settings: ConvertSettings,
     *,
@@ -272,376 +694,64 @@ def convert_run(
     `calibration` replaces the seeded draw from the training split (tests use it to build a
     genuinely bad int8 model and watch the gate trip).
     """
-    import torch
-
-    from device.runtime import Scorer
-
     clock = _Clock(log)
-    out_dir = settings.out_dir
-    staging = _prepare_out_dir(out_dir)
-    work_parent = settings.work_dir
+    staging = _prepare_out_dir(settings.out_dir)
     temporary = None
-    if work_parent is None:
+    work_dir = settings.work_dir
+    if work_dir is None:
         temporary = tempfile.TemporaryDirectory(prefix="clad-convert-")
-        work_parent = Path(temporary.name)
-    job: Onnx2tfJob | None = None
-    background_jobs: list[par.DeviceVenvJob] = []
+        work_dir = Path(temporary.name)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    conversion = _Conversion(settings, staging, work_dir, calibration, log)
     try:
-        with clock.step(f"loading {settings.run_dir / settings.checkpoint_name}"):
-            run = load_run(settings.run_dir, settings.checkpoint_name)
-            records, dataset_summary = load_records(run.config)
-            model = run.model
-            scoring = run.checkpoint.scoring
-            window_samples = int(scoring["window_samples"])
-            hop_samples = int(scoring["hop_samples"])
-            floor_dbfs = float(scoring["silence_floor_dbfs"])
-            torch.manual_seed(0)
-
-        with clock.step("drawing calibration windows from the training split"):
-            if calibration is None:
-                calibration = draw_calibration_windows(
-                    records,
-                    window_samples,
-                    max(1, min(hop_samples, window_samples // 8)),
-                    floor_dbfs,
-                    windows=settings.calibration_windows,
-                    seed=settings.calibration_seed,
-                )
-            log(
-                f"           {calibration.windows.shape[0]} windows from {calibration.files} "
-                f"files, by label {calibration.by_label}, by attack {calibration.by_attack}"
-            )
-
-        with clock.step("exporting ONNX (opset 17, [1, window_samples]) + onnx.checker"):
-            onnx_path = export_onnx(model, window_samples, staging / MODEL_FILES["onnx"])
-
-        job = Onnx2tfJob(onnx_path, calibration.windows, work_parent / "onnx2tf-run").start()
-        log(f"           onnx2tf + int8 quantization started in the background ({job.work_dir})")
-
-        with clock.step("dev split: PyTorch file scores, thresholds"):
-            dev_records = [r for r in records if r.split == "dev"]
-            dev_labels = np.array([r.target for r in dev_records], dtype=np.int64)
-            dev_margins, dev_source = _dev_margins(
-                run, dev_records, window_samples, hop_samples, floor_dbfs, settings, log
-            )
-            thresholds = par.thresholds_from_margins(dev_margins, dev_labels, settings.far_target)
-            log(
-                f"           dev EER {100 * thresholds.eer:.2f}% at P(spoof) >= "
-                f"{thresholds.eer_p_spoof:.4f}; {100 * settings.far_target:g}% false-alarm "
-                f"threshold {thresholds.far_p_spoof:.4f} ({dev_source})"
-            )
-
-        with clock.step("eval split: windows, PyTorch and onnxruntime logits"):
-            eval_records = [r for r in records if r.split == "eval"]
-            if not eval_records:
-                raise RunDirectoryError(
-                    f"{run.config.root}: the dataset has no eval split; the parity gate needs "
-                    "held-out files"
-                )
-            with _progress("eval files", len(eval_records), settings.show_progress) as advance:
-                evaluation = par.prepare_split(
-                    records, "eval", window_samples, hop_samples, floor_dbfs, advance
-                )
-            rows: list[par.Row] = []
-            started = time.perf_counter()
-            reference = par.Row("torch", "torch", f"torch {torch.__version__}")
-            reference.window_logits = torch_logits(model, evaluation.windows)
-            reference.seconds = time.perf_counter() - started
-            rows.append(reference)
-            import onnxruntime
-
-            started = time.perf_counter()
-            onnx_row = par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}")
-            onnx_row.window_logits = OnnxRuntimePredictor(onnx_path)(evaluation.windows)
-            onnx_row.seconds = time.perf_counter() - started
-            rows.append(onnx_row)
-
-        with clock.step("waiting for onnx2tf and the int8 quantization"):
-            conversion = job.wait()
-            job = None
-            log(
-                f"           onnx2tf {conversion.onnx2tf_seconds:.1f} s, int8 quantization "
-                f"{conversion.quantize_seconds:.1f} s"
-            )
-
-        with clock.step("TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread"):
-            fp32_path = staging / MODEL_FILES["fp32"]
-            int8_path = staging / MODEL_FILES["int8"]
-            shutil.copyfile(conversion.float32_path, fp32_path)
-            shutil.copyfile(conversion.int8_path, int8_path)
-            fp32_specs = tensor_specs(fp32_path)
-            int8_specs = tensor_specs(int8_path)
-            _check_tflite_io(fp32_path.name, fp32_specs, window_samples, "float32")
-            _check_tflite_io(int8_path.name, int8_specs, window_samples, IO_DTYPE_INT8)
-            delegation: dict[str, DelegationReport] = {
-                "fp32": delegation_report(fp32_path, settings.num_threads),
-                "int8": delegation_report(int8_path, settings.num_threads),
-            }
-            for name, report in delegation.items():
-                log(f"           {name}: {report.summary()}")
-            latencies = measure_latency(
-                [fp32_path, int8_path], num_threads=1, runs=settings.latency_runs
-            )
-            latency = {
-                "num_threads": 1,
-                "fp32": latencies[0].__dict__,
-                "int8": latencies[1].__dict__,
-                "int8_not_slower": latencies[1].median_ms <= latencies[0].median_ms,
-            }
-            log(
-                f"           1 thread, median: fp32 {latencies[0].median_ms:.3f} ms, int8 "
-                f"{latencies[1].median_ms:.3f} ms"
-            )
-
-        model_summary = {
-            "name": run.checkpoint.data.get("model_name", "CLAD"),
-            "parameters": int(run.checkpoint.data.get("parameters") or _count_parameters(model)),
-            "macs_per_window": int(
-                run.checkpoint.data.get("macs_per_window") or _count_macs(model)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"loading {settings.run_dir / settings.checkpoint_name}", conversion.load),
+            ("drawing calibration windows from the training split", conversion.draw_calibration),
+            (
+                "exporting ONNX (opset 17, [1, window_samples]) + onnx.checker",
+                conversion.export_and_start_tflite,
             ),
-            "config": model.config.to_dict(),
-            "input": "one normalized window, [1, window_samples] (int8 file: quantize with "
-            "files.model_int8.tflite.inputs[0] scale and zero_point)",
-            "output": "logits (bonafide, spoof), [1, 2]",
-        }
-        onnx_in, onnx_out = _onnx_specs(window_samples)
-        model_files = {
-            MODEL_FILES["onnx"]: file_entry(
-                onnx_path, precision="fp32", inputs=onnx_in, outputs=onnx_out
+            ("dev split: PyTorch file scores, thresholds", conversion.choose_thresholds),
+            (
+                "eval split: windows, PyTorch and onnxruntime logits",
+                conversion.score_reference_rows,
             ),
-            MODEL_FILES["fp32"]: file_entry(
-                fp32_path, precision="fp32", inputs=fp32_specs[0], outputs=fp32_specs[1]
+            ("waiting for onnx2tf and the int8 quantization", conversion.finish_tflite),
+            (
+                "TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread",
+                conversion.inspect_tflite,
             ),
-            MODEL_FILES["int8"]: file_entry(
-                int8_path, precision="int8", inputs=int8_specs[0], outputs=int8_specs[1]
+            (
+                "writing the model manifest and reading it back as the device does",
+                conversion.write_model_manifest,
             ),
-        }
-        threshold = {
-            "value": thresholds.eer_p_spoof,
-            "method": "eer_dev",
-            "eer_dev": thresholds.eer,
-            "far_target": thresholds.far_target,
-            "far_target_value": thresholds.far_p_spoof,
-        }
-        checkpoint_info = {
-            "file": str(run.checkpoint_path),
-            "sha256": _sha256(run.checkpoint_path),
-            "epoch": run.checkpoint.data.get("epoch"),
-            "dev": run.checkpoint.dev,
-        }
-        data = {
-            "trained_on": {
-                "format": run.config.format,
-                "root": str(run.config.root),
-                "track": run.config.track,
-                "seed": run.config.seed,
-                "splits": dataset_summary["splits"],
-                "skipped_records": dataset_summary["problems"]["total"],
-                "checkpoint": checkpoint_info,
-            },
-            "calibrated_on": calibration.describe(),
-            "thresholds_from": {
-                "split": "dev",
-                "files": thresholds.files,
-                "scores": dev_source,
-            },
-            "parity_on": {
-                "split": "eval",
-                "files": len(evaluation.records),
-                "windows": int(evaluation.windows.shape[0]),
-            },
-        }
-        tools = {
-            **tool_versions(),
-            "onnx_opset": ONNX_OPSET,
-            "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
-            "onnx2tf_arguments": " ".join(conversion.onnx2tf_arguments),
-            "int8_quantization": conversion.quantization,
-            "int8_io": (
-                "int8 input and output: the device quantizes the normalized window with the "
-                "input's scale/zero_point and dequantizes the logits, so the graph is integer "
-                "end to end"
+            (
+                "TFLite eval logits: device.runtime in-process + device venvs",
+                conversion.score_tflite_rows,
             ),
-        }
-        threshold_details = thresholds.to_dict()
-
-        with clock.step("writing the model manifest and reading it back as the device does"):
-            manifest = build_manifest(
-                model=model_summary,
-                window_samples=window_samples,
-                hop_samples=hop_samples,
-                silence_floor_dbfs=floor_dbfs,
-                threshold=threshold,
-                files=model_files,
-                data=data,
-                tools=tools,
-                extra={"threshold_details": threshold_details},
-            )
-            write_manifest(staging, manifest)
-            verify_bundle(staging)
-
-        with clock.step("TFLite eval logits: device.runtime in-process + device venvs"):
-            # The other venvs' workers run in the background while this process scores.
-            windows_path = work_parent / "eval_windows.npy"
-            np.save(windows_path, evaluation.windows)
-            venv_jobs: list[tuple[str, par.DeviceVenvJob | None, str]] = []
-            for venv in settings.device_venvs:
-                try:
-                    venv_job = par.DeviceVenvJob(
-                        venv,
-                        staging,
-                        windows_path,
-                        par.device_venv_formats(venv),
-                        work_parent / f"worker-{Path(venv).name}",
-                        num_threads=settings.num_threads,
-                    ).start()
-                except FileNotFoundError:
-                    venv_jobs.append((venv, None, f"not built (make {_venv_target(venv)})"))
-                    continue
-                except OSError as error:
-                    venv_jobs.append((venv, None, f"failed to start: {error}"))
-                    continue
-                venv_jobs.append((venv, venv_job, ""))
-                background_jobs.append(venv_job)
-            for model_format in ("fp32", "int8"):
-                started = time.perf_counter()
-                scorer = Scorer(staging, model_format, num_threads=settings.num_threads)
-                row = par.Row(
-                    model_format,
-                    model_format,
-                    _runtime_label(scorer.runtime.module, scorer.runtime.version),
-                )
-                row.window_logits = scorer.score_windows(evaluation.windows)
-                row.seconds = time.perf_counter() - started
-                rows.append(row)
-            for venv, venv_job, problem in venv_jobs:
-                names = {fmt: f"{fmt} @ {venv}" for fmt in par.device_venv_formats(venv)}
-                if venv_job is None:
-                    status = "skipped" if problem.startswith("not built") else "failed"
-                    log(f"           {venv}: {status}: {problem}")
-                    rows.extend(
-                        par.Row(names[f], f, "-", status=status, reason=f"{venv} {problem}")
-                        for f in names
-                    )
-                    continue
-                try:
-                    logits, info = venv_job.result()
-                except (RuntimeError, OSError, ValueError) as error:
-                    reason = str(error).strip().splitlines()[-1][:300]
-                    log(f"           {venv}: failed: {error}")
-                    rows.extend(
-                        par.Row(names[f], f, "-", status="failed", reason=reason) for f in names
-                    )
-                    continue
-                runtime = _runtime_label(info["runtime"], info["runtime_version"])
-                log(
-                    f"           {venv}: {runtime}, numpy {info['numpy']}, {venv_job.seconds:.1f} s"
-                )
-                for model_format, name in names.items():
-                    row = par.Row(name, model_format, runtime)
-                    row.window_logits = logits[model_format]
-                    row.seconds = venv_job.seconds
-                    rows.append(row)
-
-        with clock.step("parity metrics, gate, report and plots"):
-            for row in rows:
-                if row.status == "ok":
-                    row.file_logits = evaluation.file_logits(row.window_logits)
-            for row in rows:
-                if row.status == "ok":
-                    row.metrics = par.compute_row_metrics(
-                        row, reference, evaluation, thresholds.eer_p_spoof
-                    )
-            checks = par.gate_checks(rows, reference, settings.limits)
-            failed_rows = [r for r in rows if r.status == "failed"]
-            passed = all(c.passed for c in checks) and not failed_rows
-            table = par.render_table(rows)
-            report = {
-                "passed": passed,
-                "gate": [c.__dict__ for c in checks],
-                "limits": dict(settings.limits.__dict__),
-                "threshold": {**threshold, **threshold_details},
-                "rows": [
-                    {
-                        "name": r.name,
-                        "format": r.format,
-                        "runtime": r.runtime,
-                        "status": r.status,
-                        "reason": r.reason,
-                        "seconds": round(r.seconds, 3),
-                        **r.metrics,
-                    }
-                    for r in rows
-                ],
-                "eval": {
-                    "files": len(evaluation.records),
-                    "windows": int(evaluation.windows.shape[0]),
-                    "all_silent_files": int(sum(p.all_silent for p in evaluation.prepared)),
-                },
-                "xnnpack": {name: rep.to_dict() for name, rep in delegation.items()},
-                "latency_1_thread": latency,
-                "conversion_seconds": {
-                    "onnx2tf": round(conversion.onnx2tf_seconds, 2),
-                    "int8_quantization": round(conversion.quantize_seconds, 2),
-                },
-                "timings_s": dict(clock.steps),
-                "settings": settings.to_dict(),
-            }
-            (staging / PARITY_JSON).write_text(json.dumps(report, indent=2) + "\n")
-            (staging / PARITY_MD).write_text(
-                render_markdown(report, table, delegation, latency), encoding="utf-8"
-            )
-            from convert.plots import write_plots
-
-            plots = write_plots(
-                rows,
-                reference,
-                evaluation.labels,
-                thresholds.eer_p_spoof,
-                thresholds.eer_margin,
-                staging / PLOTS_DIR,
-            )
-
-        with clock.step("final manifest (sha256 of every file), moving the bundle into place"):
-            files = dict(model_files)
-            for path in [staging / PARITY_JSON, staging / PARITY_MD, *plots]:
-                files[path.relative_to(staging).as_posix()] = file_entry(path)
-            manifest = build_manifest(
-                model=model_summary,
-                window_samples=window_samples,
-                hop_samples=hop_samples,
-                silence_floor_dbfs=floor_dbfs,
-                threshold=threshold,
-                files=files,
-                data=data,
-                tools=tools,
-                extra={
-                    "threshold_details": threshold_details,
-                    "parity": {
-                        "passed": passed,
-                        "report": PARITY_JSON,
-                        "failed_checks": [c.describe() for c in checks if not c.passed],
-                        "xnnpack_partitions_int8": delegation["int8"].partitions,
-                        "latency_ms_1_thread": {
-                            "fp32": round(latencies[0].median_ms, 4),
-                            "int8": round(latencies[1].median_ms, 4),
-                        },
-                    },
-                },
-            )
-            write_manifest(staging, manifest)
-            verify_bundle(staging)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            staging.rename(out_dir)
-        log(f"[{clock.total_s:6.1f} s] bundle written to {out_dir}")
+            ("parity metrics, gate, report and plots", lambda: conversion.report(clock.steps)),
+            (
+                "final manifest (sha256 of every file), moving the bundle into place",
+                conversion.write_final_manifest,
+            ),
+        ]
+        for name, step in steps:
+            with clock.step(name):
+                step()
+        if settings.out_dir.exists():
+            shutil.rmtree(settings.out_dir)
+        staging.rename(settings.out_dir)
+        log(f"[{clock.total_s:6.1f} s] bundle written to {settings.out_dir}")
+        report = {**conversion.parity_report}
         report["timings_s"] = {**clock.steps, "total": round(clock.total_s, 2)}
-        return ConvertResult(out_dir=out_dir, passed=passed, report=report, table=table)
+        return ConvertResult(
+            out_dir=settings.out_dir,
+            passed=conversion.passed,
+            report=report,
+            table=conversion.table,
+        )
     finally:
-        if job is not None:
-            job.cancel()
-        for background in background_jobs:
-            background.cancel()
+        conversion.cancel_background()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if temporary is not None:
@@ -738,12 +848,10 @@ def _count_macs(model: Any) -> int:
 
 
 def render_markdown(
-    report: dict[str, Any],
-    table: str,
-    delegation: dict[str, DelegationReport],
-    latency: dict[str, Any],
+    report: dict[str, Any], table: str, delegation: dict[str, DelegationReport]
 ) -> str:
     threshold = report["threshold"]
+    latency = report["latency_1_thread"]
     lines = [
         "# Parity gate",
         "",
