@@ -120,14 +120,15 @@ for runtime in litert tflite; do
   if ! stamp_ok "$site/.clad-stamp" "$key"; then
     say "installing the aarch64 wheels of ${lock_files[$runtime]} into site/$runtime"
     rm -rf "$site" "$site.tmp"
-    "$host_python" -m pip install -q --disable-pip-version-check --no-compile --target "$site.tmp" \
-      --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
-      --abi cp311 --abi abi3 --abi none "${platforms[@]}" -r "$lock" 2>&1 |
-      grep -v "^WARNING: Location" || true
-    if [ ! -d "$site.tmp/numpy" ]; then
-      echo "error: pip installed no aarch64 numpy from ${lock_files[$runtime]} into $site.tmp" >&2
+    if ! "$host_python" -m pip install -q --disable-pip-version-check --no-compile \
+      --target "$site.tmp" --only-binary=:all: --no-deps --python-version 3.11 --implementation cp \
+      --abi cp311 --abi abi3 --abi none "${platforms[@]}" -r "$lock" >"$cache/pip-$runtime.log" 2>&1
+    then
+      grep -v "^WARNING: Location" "$cache/pip-$runtime.log" >&2
+      echo "error: pip could not install the aarch64 wheels of ${lock_files[$runtime]}" >&2
       exit 1
     fi
+    rm -f "$cache/pip-$runtime.log"
     mv "$site.tmp" "$site"
     sites_changed=1
   fi
