@@ -196,6 +196,12 @@ def test_same_seed_same_metrics_and_another_seed_differs(
     assert comparable(other.metrics)["epochs"] != comparable(first.metrics)["epochs"]
 
 
+def test_loader_workers_do_not_change_the_numbers(smoke_run, corpus: Path, tmp_path: Path) -> None:
+    first, _ = smoke_run
+    with_workers = train(tiny_config(corpus, tmp_path, "workers", workers=2), show_progress=False)
+    assert comparable(with_workers.metrics) == comparable(first.metrics)
+
+
 # --------------------------------------------------------------------------- resume
 
 
@@ -313,6 +319,10 @@ def test_window_longer_than_every_file_is_refused(tmp_path: Path) -> None:
     ):
         train(config, show_progress=False)
     _assert_refused_before_training(tmp_path / "runs" / "run")
+    # The refused start leaves no run behind: the corrected command needs no --overwrite.
+    fixed = train(tiny_config(root, tmp_path / "runs"), show_progress=False)
+    assert (fixed.run_dir / "best.pt").exists()
+    assert (fixed.run_dir / "train.log").read_text().count("run run: asvspoof2019") == 1
 
 
 def test_resume_with_another_model_shape_is_refused(smoke_run, corpus: Path) -> None:

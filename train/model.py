@@ -312,9 +312,10 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
             handles.append(module.register_forward_hook(pool_hook))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            model(torch.zeros(1, window_samples))
+            model(torch.zeros(1, window_samples, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -144,7 +144,7 @@ def setup_placement(config: TrainConfig) -> Placement:
     return Placement(device, rank, world_size, local_rank)
 
 
-def _setup_logging(run_dir: Path | None, is_main: bool) -> logging.Handler | None:
+def _setup_logging(run_dir: Path | None, is_main: bool, append: bool) -> logging.Handler | None:
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
     for handler in list(log.handlers):
@@ -155,7 +155,9 @@ def _setup_logging(run_dir: Path | None, is_main: bool) -> logging.Handler | Non
     log.addHandler(stream)
     if run_dir is None or not is_main:
         return None
-    file_handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    file_handler = logging.FileHandler(
+        run_dir / "train.log", mode="a" if append else "w", encoding="utf-8"
+    )
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     return file_handler
@@ -519,7 +521,7 @@ def _unwrap(model: nn.Module) -> CLAD:
 
 
 def _checkpoint_payload(
-    model: CLAD, config: TrainConfig, epoch: int, dev: dict[str, Any]
+    model: CLAD, config: TrainConfig, epoch: int, dev: dict[str, Any], macs: int
 ) -> dict[str, Any]:
     return {
         "format": CHECKPOINT_FORMAT,
@@ -541,7 +543,7 @@ def _checkpoint_payload(
         "epoch": epoch,
         "dev": dev,
         "parameters": count_parameters(model),
-        "macs_per_window": count_macs(model),
+        "macs_per_window": macs,
         "torch_version": str(torch.__version__),
     }
 
@@ -557,7 +559,8 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Train
     """Make the run directory; on resume, return the saved config (speed settings may change)."""
     run_dir = config.run_dir
     saved_path = run_dir / CONFIG_FILE
-    has_run = saved_path.exists() or (run_dir / "last.pt").exists()
+    # A folder left by a start that was refused (bad input) holds no checkpoint: reuse it.
+    has_run = (run_dir / "last.pt").exists() or (run_dir / "best.pt").exists()
     if resume:
         if not (run_dir / "last.pt").exists():
             raise TrainingError(
@@ -643,6 +646,8 @@ def train(
     show_progress: bool = True,
 ) -> RunResult:
     """Run (or resume) one training run; see the module docstring for what it writes."""
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     placement = setup_placement(config)
     is_main = placement.is_main
     handler = None
@@ -656,7 +661,7 @@ def train(
                     **{key: getattr(config, key) for key in RESUMABLE_CHANGES}
                 )
         run_dir = config.run_dir
-        handler = _setup_logging(run_dir, is_main)
+        handler = _setup_logging(run_dir, is_main, append=resume)
         return _run(config, placement, resume, show_progress and is_main)
     finally:
         if handler is not None:
@@ -664,6 +669,9 @@ def train(
             handler.close()
         if placement.distributed and dist.is_initialized():
             dist.destroy_process_group()
+        # Leave the process as it was (tests and notebooks run more than one thing).
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before)
 
 
 def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress: bool) -> RunResult:
@@ -812,9 +820,10 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
             if improved:
                 state.best = {"epoch": epoch, "dev_eer": dev["eer"], "dev_loss": dev["loss"]}
                 save_checkpoint(
-                    run_dir / "best.pt", _checkpoint_payload(model, config, epoch, dev_summary)
+                    run_dir / "best.pt",
+                    _checkpoint_payload(model, config, epoch, dev_summary, macs),
                 )
-            last = _checkpoint_payload(model, config, epoch, dev_summary)
+            last = _checkpoint_payload(model, config, epoch, dev_summary, macs)
             last.update(optimizer=optimizer.state_dict(), history=state.history, best=state.best)
             save_checkpoint(run_dir / "last.pt", last)
             _write_json(
