@@ -40,7 +40,7 @@ TORCH_THREADS = 1
 process) a second OpenMP thread spin-waits and made scoring 5-20x slower, measured."""
 
 
-def torch_logits(model: nn.Module, windows: np.ndarray, batch_windows: int = 16) -> np.ndarray:
+def torch_logits(model: nn.Module, windows: np.ndarray, batch_windows: int = 8) -> np.ndarray:
     """(n, window_samples) float32 -> (n, 2) float32 logits, model in eval mode, no grad."""
     model.eval()
     out = []
