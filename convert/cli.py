@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from convert.errors import CalibrationError, ConversionError, RunDirectoryError
+    from convert.parity import GateCheck
     from convert.pipeline import ConvertSettings, convert_run
     from device.audio import AudioError
     from device.bundle import BundleError
@@ -98,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         print(result.table)
         print()
         for check in result.report["gate"]:
-            from convert.parity import GateCheck
-
             print(GateCheck(**check).describe())
         xnnpack = result.report["xnnpack"]["int8"]
         latency = result.report["latency_1_thread"]

@@ -379,16 +379,5 @@ class Onnx2tfJob:
         )
 
 
-def convert_onnx(
-    onnx_path: str | Path,
-    calibration: np.ndarray,
-    work_dir: str | Path,
-    *,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> TfliteConversion:
-    """float32 and full-int8 TFLite from `onnx_path`; `calibration` is [K, window_samples]."""
-    return Onnx2tfJob(onnx_path, calibration, work_dir, timeout_s=timeout_s).start().wait()
-
-
 if __name__ == "__main__":
     sys.exit(main())
