@@ -71,12 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="windows below this RMS are silence: not trained on when avoidable, not scored",
     )
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=int, default=_DEFAULT.epochs)
-    recipe.add_argument("--batch-size", type=int, default=_DEFAULT.batch_size)
+    recipe.add_argument(
+        "--epochs", type=int, default=_DEFAULT.epochs, help="passes over the training split"
+    )
+    recipe.add_argument(
+        "--batch-size", type=int, default=_DEFAULT.batch_size, help="windows per step (per process)"
+    )
     recipe.add_argument(
         "--lr", type=float, default=_DEFAULT.learning_rate, help="Adam learning rate"
     )
-    recipe.add_argument("--weight-decay", type=float, default=_DEFAULT.weight_decay)
+    recipe.add_argument(
+        "--weight-decay", type=float, default=_DEFAULT.weight_decay, help="Adam L2 penalty"
+    )
     recipe.add_argument(
         "--grad-clip", type=float, default=_DEFAULT.grad_clip_norm, help="max grad norm; 0 = off"
     )
@@ -98,7 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="chance that each enabled augmentation fires on a training crop",
     )
     speed = parser.add_argument_group("speed (same numbers, faster or slower)")
-    speed.add_argument("--device", choices=DEVICES, default=_DEFAULT.device)
+    speed.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=_DEFAULT.device,
+        help="auto: CUDA when torch sees it, else CPU",
+    )
     speed.add_argument(
         "--threads",
         type=int,
@@ -114,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_DEFAULT.cache_mb,
         help="memory for decoded dev windows and training signals",
     )
-    speed.add_argument("--eval-batch-windows", type=int, default=_DEFAULT.eval_batch_windows)
+    speed.add_argument(
+        "--eval-batch-windows",
+        type=int,
+        default=_DEFAULT.eval_batch_windows,
+        help="windows per forward pass when scoring dev and eval",
+    )
     return parser
 
 
