@@ -14,8 +14,9 @@ emulated environments and scripts/device-venv.sh the x86 ones. Two checks:
    compared per file and per window with the same command on x86.
 
 Every emulated result is compared with x86 on the same runtime. The JSON report holds every
-row; the table printed at the end is the summary. Exits 1 when a decision differs, the front
-end is not bit-exact, full-int8 on LiteRT's default path is not bit-exact, or a run fails.
+row; the table printed at the end is the summary. Exits 1 when a decision differs, the WAV/FLAC
+front end is not bit-exact, OGG/MP3 decoding differs by more than 1e-5, full int8 on LiteRT's
+default path is not bit-exact, or a run fails.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ def write_stdin_pcm(directory: Path) -> list[PcmStream]:
 def run(env: Env, args: list[str], stdin_path: Path | None = None) -> tuple[str, float]:
     """Run `python ARGS` in an environment; stdout and the wall time. Raises on failure."""
     command = [*env.python, *args]
+    # Only the environment's own packages: nothing from the desktop venv through PYTHONPATH.
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     start_s = time.monotonic()
     with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin:
         completed = subprocess.run(
@@ -185,6 +188,7 @@ def run(env: Env, args: list[str], stdin_path: Path | None = None) -> tuple[str,
             capture_output=True,
             text=True,
             cwd=REPO,
+            env=clean,
             timeout=RUN_TIMEOUT_S,
             check=False,
         )
