@@ -19,24 +19,42 @@ from scipy.signal import butter, fftconvolve, sosfilt
 from train.synth.vocoders import Settings
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _butter(
     order: int, cutoff_hz: float | tuple[float, float], kind: str, sample_rate: int
 ) -> np.ndarray:
-    """Butterworth second-order sections, cached (cut-offs are drawn on a 10 Hz grid)."""
+    """Butterworth second-order sections, cached (cut-offs are drawn on a grid)."""
     return butter(order, cutoff_hz, kind, fs=sample_rate, output="sos")
 
 
-def _grid_hz(value_hz: float) -> float:
-    return float(round(value_hz / 10.0) * 10.0)
+def _grid_hz(value_hz: float, step_hz: float) -> float:
+    return float(round(value_hz / step_hz) * step_hz)
+
+
+HIGHPASS_HZ = (50.0, 250.0, 10.0)  # range and grid step of the microphone high-pass
+LOWPASS_HZ = (4000.0, 7600.0, 50.0)  # range and grid step of the band limit
+LOWPASS_ORDERS = range(4, 11)
+
+
+def warm_filter_cache(sample_rate: int) -> None:
+    """Design every filter the channel can draw (about 0.5 s), so forked workers share them."""
+    low, high, step = HIGHPASS_HZ
+    for cutoff in np.arange(low, high + step / 2, step):
+        _butter(2, float(cutoff), "highpass", sample_rate)
+    low, high, step = LOWPASS_HZ
+    for cutoff in np.arange(low, high + step / 2, step):
+        for order in LOWPASS_ORDERS:
+            _butter(order, float(cutoff), "lowpass", sample_rate)
+    _butter(2, 2000.0, "lowpass", sample_rate)
+    _butter(2, (300.0, 3400.0), "bandpass", sample_rate)
 
 
 def room_impulse_response(
     sample_rate: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, Settings]:
     """Direct path plus exponentially decaying noise, high frequencies decaying faster."""
-    rt60_s = float(rng.uniform(0.1, 0.6))
-    drr_db = float(rng.uniform(2.0, 15.0))
+    rt60_s = float(rng.uniform(0.1, 0.5))
+    drr_db = float(rng.uniform(3.0, 15.0))
     predelay_samples = int(rng.integers(int(0.002 * sample_rate), int(0.012 * sample_rate)))
     length = int(min(rt60_s, 0.5) * sample_rate)
     t = np.arange(length) / sample_rate
@@ -102,7 +120,7 @@ def apply_channel(
     settings: Settings = {}
     num_samples = speech.size
     signal = speech
-    if rng.random() < 0.7:
+    if rng.random() < 0.5:
         rir, rir_settings = room_impulse_response(sample_rate, rng)
         signal = fftconvolve(signal, rir)[:num_samples]
         settings.update(rir_settings)
@@ -111,7 +129,7 @@ def apply_channel(
 
     # Background noise at a random SNR, relative to the speech power where it is active.
     kind = str(rng.choice(NOISE_KINDS))
-    snr_db = float(rng.uniform(15.0, 45.0))
+    snr_db = float(rng.uniform(20.0, 45.0))
     active = np.abs(signal) > 0.05 * np.max(np.abs(signal)) if signal.any() else slice(None)
     speech_power = float(np.mean(signal[active] ** 2)) if np.any(active) else 1.0
     noise = _noise(kind, num_samples, sample_rate, rng)
@@ -120,7 +138,7 @@ def apply_channel(
     settings.update({"noise": kind, "snr_db": round(snr_db, 2)})
 
     # Microphone: high-pass, one to three peaking resonances, band limit.
-    highpass_hz = _grid_hz(rng.uniform(50.0, 250.0))
+    highpass_hz = _grid_hz(rng.uniform(HIGHPASS_HZ[0], HIGHPASS_HZ[1]), HIGHPASS_HZ[2])
     sections = [_butter(2, highpass_hz, "highpass", sample_rate)]
     for _ in range(int(rng.integers(1, 4))):
         frequency_hz = float(np.exp(rng.uniform(np.log(200.0), np.log(6000.0))))
@@ -132,8 +150,8 @@ def apply_channel(
                 sample_rate,
             )
         )
-    lowpass_hz = _grid_hz(rng.uniform(4000.0, 7600.0))
-    lowpass_order = int(rng.integers(4, 11))
+    lowpass_hz = _grid_hz(rng.uniform(LOWPASS_HZ[0], LOWPASS_HZ[1]), LOWPASS_HZ[2])
+    lowpass_order = int(rng.integers(LOWPASS_ORDERS.start, LOWPASS_ORDERS.stop))
     sections.append(_butter(lowpass_order, lowpass_hz, "lowpass", sample_rate))
     signal = sosfilt(np.concatenate(sections), signal)
     settings.update(

@@ -290,7 +290,7 @@ def make_source(
         pitch=int(np.clip(speaker.pitch + rng.integers(-6, 7), 0, 100)),
         pitch_range=int(np.clip(speaker.pitch_range + rng.integers(-10, 11), 0, 100)),
     )
-    words = max(2, math.ceil(speech_samples / sample_rate * rate_wpm / 60.0 * 1.4) + 1)
+    words = max(2, math.ceil(speech_samples / sample_rate * rate_wpm / 60.0 * 1.2) + 1)
     text = sentence(speaker.language, words, rng)
     raw = espeak.synthesize(text, settings, noise_seed=int(rng.integers(0, 2**31)))
     if raw.size == 0:
@@ -370,14 +370,15 @@ def run_task(task: Task) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- running
 
 
-def _pool(jobs: int, max_tasks_per_child: int | None) -> ProcessPoolExecutor:
+def _pool(jobs: int, fresh_process_per_task: bool) -> ProcessPoolExecutor:
+    if not fresh_process_per_task:
+        return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"))
     # forkserver: workers fork from a clean server process that never ran espeak, so
     # each task starts from the library's initial state, however many ran before.
+    # The server imports train.synth.warm, which fills the filter/mel/FFT caches once.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["train.synth.corpus"])
-    return ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, max_tasks_per_child=max_tasks_per_child
-    )
+    context.set_forkserver_preload(["train.synth.corpus", "train.synth.warm"])
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1)
 
 
 class _Progress:
@@ -413,7 +414,7 @@ def run_parallel(
     progress = _Progress(sum(weights), description)
     results: list[Any] = [None] * len(items)
     try:
-        with _pool(jobs, 1 if fresh_process else None) as pool:
+        with _pool(jobs, fresh_process) as pool:
             futures: dict[Future[Any], int] = {
                 pool.submit(function, item): index for index, item in enumerate(items)
             }
@@ -647,8 +648,8 @@ def build(
     )
     flat = sorted((r for result in results for r in result), key=lambda r: r["utterance_id"])
     for split in SPLITS:
-        lines = sorted(f.protocol_line() for f in planned_files[split])
-        lines.sort(key=lambda line: line.split()[1])
+        ordered = sorted(planned_files[split], key=lambda f: f.utterance_id)
+        lines = [f.protocol_line() for f in ordered]
         protocol_path(root, split).write_text("\n".join(lines) + "\n")
     build_s = time.perf_counter() - started
 
@@ -688,5 +689,7 @@ def build(
         stats["cues"] = report.to_json()
         stats["build"]["cue_check_wall_s"] = round(time.perf_counter() - check_started, 1)
         log(format_cue_report(report))
+    stats["build"]["total_wall_s"] = round(time.perf_counter() - started, 1)
     stats_path(root).write_text(json.dumps(stats, indent=2) + "\n")
+    log(f"{len(flat)} files and {stats_path(root)} in {stats['build']['total_wall_s']:.1f} s")
     return stats

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import welch
+import scipy.fft
+from numpy.lib.stride_tricks import sliding_window_view
 
 from device.audio import SAMPLE_RATE, load_audio
 
@@ -49,6 +50,20 @@ _HIGH_BAND_HZ = 4000.0
 _BAND_EDGE_BELOW_MAX_DB = 50.0
 
 
+_WELCH_SAMPLES = 512
+
+
+def _average_spectrum(signal: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectrum (Hann, 50% overlap, per-segment mean removed), unscaled."""
+    if signal.size < _WELCH_SAMPLES:
+        signal = np.pad(signal, (0, _WELCH_SAMPLES - signal.size))
+    segments = sliding_window_view(signal, _WELCH_SAMPLES)[:: _WELCH_SAMPLES // 2]
+    segments = segments - segments.mean(axis=1, keepdims=True)
+    spectrum = scipy.fft.rfft(segments * np.hanning(_WELCH_SAMPLES), axis=1)
+    psd = np.mean(np.abs(spectrum) ** 2, axis=0)
+    return np.fft.rfftfreq(_WELCH_SAMPLES, 1.0 / sample_rate), psd
+
+
 def file_features(path: str) -> dict[str, float]:
     """The cue features of one audio file (decoded and resampled by the front end)."""
     signal = load_audio(path).astype(np.float64)
@@ -73,7 +88,7 @@ def signal_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[
     leading = loud[0] * frame_s
     trailing = (usable.shape[0] - 1 - loud[-1]) * frame_s
 
-    freqs, psd = welch(centred, fs=sample_rate, nperseg=512)
+    freqs, psd = _average_spectrum(centred, sample_rate)
     power = psd / (psd.sum() + 1e-30)
     centroid = float(np.sum(freqs * power))
     bandwidth = float(np.sqrt(np.sum((freqs - centroid) ** 2 * power)))

@@ -155,18 +155,24 @@ def world_vocoder(
     x: np.ndarray, sample_rate: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, Settings]:
     """WORLD analysis/resynthesis with per-utterance frame period and envelope coding."""
-    frame_period_ms = float(rng.choice([5.0, 10.0], p=[0.2, 0.8]))
-    coded_dims = int(rng.choice([0, 60, 40, 24], p=[0.2, 0.3, 0.3, 0.2]))
-    smooth_f0 = bool(rng.random() < 0.5)
+    frame_period_ms = float(rng.choice([5.0, 10.0, 15.0], p=[0.1, 0.6, 0.3]))
+    coded_dims = int(rng.choice([0, 60, 40, 24], p=[0.1, 0.25, 0.3, 0.35]))
+    smooth_f0 = bool(rng.random() < 0.6)
     f0, times = _f0(x, sample_rate, frame_period_ms)
     envelope = pyworld.cheaptrick(x, f0, times, sample_rate)
     fft_size = (envelope.shape[1] - 1) * 2
-    # band aperiodicity, as WORLD-based TTS models it (one band at 16 kHz)
-    aperiodicity = pyworld.decode_aperiodicity(
-        pyworld.code_aperiodicity(pyworld.d4c(x, f0, times, sample_rate), sample_rate),
-        sample_rate,
-        fft_size,
+    # Band aperiodicity, as WORLD-based TTS models it (one band at 16 kHz), analysed
+    # every 30 ms (D4C is the costliest step) and interpolated to the frame grid.
+    step = max(1, round(30.0 / frame_period_ms))
+    coarse = pyworld.d4c(
+        x, np.ascontiguousarray(f0[::step]), np.ascontiguousarray(times[::step]), sample_rate
     )
+    coded = pyworld.code_aperiodicity(coarse, sample_rate)
+    coded = np.stack(
+        [np.interp(times, times[::step], coded[:, band]) for band in range(coded.shape[1])],
+        axis=1,
+    )
+    aperiodicity = pyworld.decode_aperiodicity(coded, sample_rate, fft_size)
     if coded_dims:
         coded = pyworld.code_spectral_envelope(envelope, sample_rate, coded_dims)
         envelope = pyworld.decode_spectral_envelope(coded, sample_rate, fft_size)
@@ -194,8 +200,8 @@ def griffin_lim_vocoder(
     n_fft = int(rng.choice([512, 1024], p=[0.6, 0.4]))
     hop = n_fft // 4
     n_mels = int(rng.choice([64, 80, 128]))
-    iterations = int(rng.integers(8, 33))
-    log_noise = float(rng.uniform(0.0, 0.25))
+    iterations = int(rng.integers(3, 21))
+    log_noise = float(rng.uniform(0.02, 0.3))
     momentum = 0.99
     spectrum = _stft(x, n_fft, hop)
     basis, inverse = _mel_basis(sample_rate, n_fft, n_mels)
@@ -230,7 +236,7 @@ def lpc_vocoder(
     order = int(rng.integers(12, 25))
     hop = int(sample_rate * 0.010)
     window_samples = int(sample_rate * float(rng.choice([0.020, 0.025, 0.030])))
-    residual_share = float(rng.uniform(0.0, 0.5))
+    residual_share = float(rng.uniform(0.0, 0.4))
     breath = float(rng.uniform(0.02, 0.3))
     emphasis = 0.97
 
@@ -257,22 +263,17 @@ def lpc_vocoder(
     noise = rng.standard_normal(x.size)
     synthetic = np.where(voiced, np.sqrt(1.0 - breath) * pulses + np.sqrt(breath) * noise, noise)
 
+    # True residual: each sample inverse-filtered with the predictor of its hop.
+    frame_of_sample = np.minimum(np.arange(x.size) // hop, num_frames - 1)
+    lagged = sliding_window_view(np.concatenate([np.zeros(order), pre]), order + 1)[:, ::-1]
+    residual = np.einsum("nj,nj->n", lagged[: x.size], coefficients[frame_of_sample])
+    residual /= np.maximum(gain[frame_of_sample], 1e-9)
     y = np.zeros(x.size)
     history = np.zeros(order)  # past outputs, oldest first
-    residual = np.zeros(x.size)
     # lfilter's transposed-direct-form state from past outputs (zero past inputs):
     # zi[k] = -sum_{m > k} a[m] * y[n - (m - k)]
     lag = np.arange(1, order + 1)[None, :] - np.arange(order)[:, None]  # m - k for m = 1..order
     valid = lag >= 1
-    for k in range(num_frames - 1):
-        start, stop = k * hop, min((k + 1) * hop, x.size)
-        if start >= x.size:
-            break
-        a = coefficients[k]
-        # true residual of this hop, by inverse filtering with the frame's predictor
-        context = pre[max(0, start - order) : stop]
-        full = np.convolve(context, a)[: context.size]
-        residual[start:stop] = full[context.size - (stop - start) :] / max(gain[k], 1e-9)
     residual_rms = np.sqrt(np.mean(residual**2)) + 1e-12
     excitation = residual_share * residual / residual_rms + (1.0 - residual_share) * synthetic
     for k in range(num_frames - 1):
@@ -302,36 +303,47 @@ def harmonic_noise_vocoder(
 ) -> tuple[np.ndarray, Settings]:
     """Harmonics of F0 below a maximum voiced frequency, envelope-shaped noise above."""
     frame_period_ms = 5.0
-    max_voiced_hz = float(rng.uniform(2500.0, 6000.0))
+    max_voiced_hz = float(rng.uniform(1500.0, 4500.0))
     phase_mode = str(rng.choice(["random", "zero"]))
     noise_gain = float(rng.uniform(0.5, 1.5))
     f0, times = _f0(x, sample_rate, frame_period_ms)
     envelope = pyworld.cheaptrick(x, f0, times, sample_rate)  # (frames, bins) power
     fft_size = (envelope.shape[1] - 1) * 2
     sample_times = np.arange(x.size) / sample_rate
-    f0_samples = np.interp(sample_times, times, f0)
-    voiced = f0_samples > 0
-    frame_position = sample_times / (frame_period_ms / 1000.0)
+    frame_s = frame_period_ms / 1000.0
 
     harmonic = np.zeros(x.size)
-    voiced_f0 = f0[f0 > 0]
-    if voiced_f0.size:
+    voiced_frames = f0 > 0
+    if voiced_frames.any():
         # phase runs through unvoiced gaps on a filled-in F0 so harmonics restart smoothly
-        filled = np.interp(sample_times, times[f0 > 0], voiced_f0)
+        filled_frames = np.interp(times, times[voiced_frames], f0[voiced_frames])
+        filled = np.interp(sample_times, times, filled_frames)
         base_phase = 2.0 * np.pi * np.cumsum(filled) / sample_rate
-        num_harmonics = int(max_voiced_hz // max(voiced_f0.min(), _F0_FLOOR_HZ))
-        frame_index = np.minimum(np.round(frame_position).astype(int), envelope.shape[0] - 1)
-        for k in range(1, num_harmonics + 1):
-            frequency = k * filled
-            active = voiced & (frequency < max_voiced_hz)
-            if not active.any():
-                break
-            bins = np.minimum(
-                np.round(frequency * fft_size / sample_rate).astype(int), envelope.shape[1] - 1
-            )
-            amplitude = np.sqrt(envelope[frame_index, bins] * 2.0 * filled / sample_rate)
-            offset = rng.uniform(0, 2 * np.pi) if phase_mode == "random" else 0.0
-            harmonic += np.where(active, amplitude * np.cos(k * base_phase + offset), 0.0)
+        num_harmonics = int(max_voiced_hz // max(f0[voiced_frames].min(), _F0_FLOOR_HZ))
+        order = np.arange(1, num_harmonics + 1)
+        frequency = filled_frames[:, None] * order[None, :]  # (frames, harmonics)
+        bins = np.minimum(
+            np.round(frequency * fft_size / sample_rate).astype(int), envelope.shape[1] - 1
+        )
+        rows = np.arange(envelope.shape[0])[:, None]
+        amplitude = np.sqrt(envelope[rows, bins] * 2.0 * filled_frames[:, None] / sample_rate)
+        amplitude *= voiced_frames[:, None] & (frequency < max_voiced_hz)
+        if phase_mode == "random":
+            offsets = rng.uniform(0.0, 2.0 * np.pi, num_harmonics)
+        else:
+            offsets = np.zeros(num_harmonics)
+        for index in range(num_harmonics):
+            active = np.flatnonzero(amplitude[:, index])
+            if active.size == 0:
+                continue
+            # samples between the frames around the first and last active frame
+            start = int(max(0, active[0] - 1) * frame_s * sample_rate)
+            stop = int(min(x.size, (active[-1] + 1) * frame_s * sample_rate + 1))
+            if stop <= start:
+                continue
+            span = slice(start, stop)
+            level = np.interp(sample_times[span], times, amplitude[:, index])
+            harmonic[span] += level * np.cos((index + 1) * base_phase[span] + offsets[index])
 
     # Noise: white noise shaped by the envelope, above the maximum voiced frequency when voiced.
     n_fft, hop = 512, 128
@@ -354,13 +366,25 @@ def harmonic_noise_vocoder(
     }
 
 
+def warm_caches(sample_rate: int) -> None:
+    """Mel bases, windows and FFT plans computed once, before worker processes fork."""
+    for n_fft in (512, 1024):
+        for n_mels in (64, 80, 128):
+            _mel_basis(sample_rate, n_fft, n_mels)
+    t = np.arange(sample_rate) / sample_rate
+    probe = 0.3 * np.sin(2 * np.pi * 150 * t) * np.sin(2 * np.pi * 2 * t) ** 2
+    probe = probe + 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    for system in SYSTEMS:
+        system.vocoder(probe, sample_rate, np.random.default_rng(0))
+
+
 SYSTEMS: tuple[SpoofSystem, ...] = (
     SpoofSystem(
         "A01",
         "WORLD",
         "WORLD vocoder copy-synthesis (pyworld: DIO+StoneMask F0, CheapTrick envelope, "
-        "D4C aperiodicity coded to bands); frame period 5 or 10 ms; envelope kept whole or "
-        "coded to 60/40/24 dimensions; F0 contour smoothed in half the files.",
+        "D4C aperiodicity coded to bands); frame period 5, 10 or 15 ms; envelope kept whole or "
+        "coded to 60/40/24 dimensions; F0 contour smoothed in 60% of the files.",
         ("train", "dev", "eval"),
         world_vocoder,
     ),
@@ -368,7 +392,7 @@ SYSTEMS: tuple[SpoofSystem, ...] = (
         "A02",
         "Griffin-Lim",
         "Mel spectrogram (64/80/128 bands, FFT 512 or 1024) with Gaussian estimation noise "
-        "on the log-mel (sd 0-0.25), pseudo-inverse to a linear magnitude, 8-32 "
+        "on the log-mel (sd 0.02-0.3), pseudo-inverse to a linear magnitude, 3-20 "
         "iterations of fast Griffin-Lim from random phase.",
         ("train", "dev", "eval"),
         griffin_lim_vocoder,
@@ -377,7 +401,7 @@ SYSTEMS: tuple[SpoofSystem, ...] = (
         "A03",
         "LPC",
         "Linear-prediction source-filter resynthesis: order 12-24, 20-30 ms frames, "
-        "pulse train at the F0 plus breath noise (noise when unvoiced), mixed with 0-50% "
+        "pulse train at the F0 plus breath noise (noise when unvoiced), mixed with 0-40% "
         "of the true prediction residual.",
         ("train", "dev", "eval"),
         lpc_vocoder,
@@ -386,7 +410,7 @@ SYSTEMS: tuple[SpoofSystem, ...] = (
         "A04",
         "harmonic-plus-noise",
         "Harmonic-plus-noise model: harmonics of the F0 up to a maximum voiced frequency "
-        "of 2.5-6 kHz with amplitudes from the CheapTrick envelope (random or zero "
+        "of 1.5-4.5 kHz with amplitudes from the CheapTrick envelope (random or zero "
         "phases), envelope-shaped noise above it and in unvoiced frames. Unseen attack: "
         "eval only.",
         ("eval",),
