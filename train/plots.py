@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import norm
 
-from train.metrics import error_rates
+from train.metrics import compute_eer, error_rates
 
 _DET_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95]
 
@@ -50,7 +50,8 @@ def plot_det(
         _, rejection, acceptance = error_rates(scores, labels)
         x = norm.ppf(np.clip(acceptance, clip, 1 - clip))
         y = norm.ppf(np.clip(rejection, clip, 1 - clip))
-        ax.plot(x, y, label=name)
+        eer = compute_eer(scores, labels).eer
+        ax.plot(x, y, label=f"{name} (EER {100 * eer:.2f} %)")
     ticks = norm.ppf(_DET_TICKS)
     labels_text = [f"{100 * t:g}" for t in _DET_TICKS]
     ax.set_xticks(ticks, labels_text)
@@ -84,7 +85,12 @@ def plot_histograms(
     ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label="bona fide", density=True)
     ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label="spoof", density=True)
     if threshold is not None:
-        ax.axvline(threshold, color="k", linestyle="--", label=f"dev EER threshold {threshold:.2f}")
+        ax.axvline(
+            threshold,
+            color="k",
+            linestyle="--",
+            label=f"dev EER threshold (margin {threshold:.2f})",
+        )
     ax.set_xlabel("logit_spoof - logit_bonafide (higher = more spoof)")
     ax.set_ylabel("density")
     ax.set_title(title)
