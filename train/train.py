@@ -730,7 +730,11 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
     dev_set = EvalSet(splits.dev, config, budget)
     if is_main and state.epoch < config.epochs:
         budget -= dev_set.cache(show_progress, "cutting dev windows")
-    store = SignalStore.build(splits.train, splits.train_samples, max(0, budget), show_progress)
+    # A finished run resumed only to re-score needs no training signals.
+    todo = splits.train if state.epoch < config.epochs else []
+    store = SignalStore.build(
+        todo, splits.train_samples[: len(todo)], max(0, budget), show_progress
+    )
     dataset = CropDataset(store, config)
     sampler = EpochSampler(
         dataset.targets, config.seed, config.balance, placement.rank, placement.world_size
@@ -743,7 +747,7 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
         generator=torch.Generator().manual_seed(config.seed),
         persistent_workers=config.workers > 0,
     )
-    weights = class_weights(dataset.targets) if config.balance == "weights" else None
+    weights = class_weights(dataset.targets) if config.balance == "weights" and todo else None
     criterion = nn.CrossEntropyLoss(
         weight=weights.to(placement.device) if weights is not None else None
     )
