@@ -11,13 +11,15 @@
       -> parity.json, parity.md, plots/, final manifest.json (sha256 of every file)
 
 The bundle is assembled in a staging directory next to `out_dir` and moved into place at
-the end, so `out_dir` never holds half a bundle. A failed gate still writes the whole
+the end, so `out_dir` never holds half a bundle; a lock file next to it refuses a second
+conversion into the same `out_dir` while one runs. A failed gate still writes the whole
 bundle and its report (the manifest says `parity.passed: false`); the caller exits non-zero.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -212,8 +214,40 @@ def load_records(config: Any) -> tuple[list[Any], dict[str, Any]]:
     return dataset.records, dataset.summary()
 
 
+class _BundleLock:
+    """An exclusive lock on one bundle path, so two conversions never write it at once.
+
+    `<parent>/.<name>.lock`, held with flock for the whole conversion; the kernel drops it
+    when the process ends, however it ends.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        import fcntl
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.path = out_dir.parent / f".{out_dir.name}.lock"
+        self._handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (closed in release)
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise ConversionError(
+                f"{out_dir}: another conversion is writing this bundle right now ({holder}, "
+                f"lock {self.path}); wait for it to finish or choose another --out"
+            ) from error
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        self._handle.close()
+
+
 def _prepare_out_dir(out_dir: Path) -> Path:
-    """Refuse to replace a directory that is not a bundle; return the staging directory."""
+    """Refuse to replace a directory that is not a bundle; return a new staging directory."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConversionError(f"{out_dir}: exists and is not a directory")
@@ -223,10 +257,8 @@ def _prepare_out_dir(out_dir: Path) -> Path:
                 "replace something that is not a bundle"
             )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is meant to be copied and read
     return staging
 
 
@@ -695,7 +727,12 @@ def convert_run(
     genuinely bad int8 model and watch the gate trip).
     """
     clock = _Clock(log)
-    staging = _prepare_out_dir(settings.out_dir)
+    lock = _BundleLock(settings.out_dir)
+    try:
+        staging = _prepare_out_dir(settings.out_dir)
+    except ConversionError:
+        lock.release()
+        raise
     temporary = None
     work_dir = settings.work_dir
     if work_dir is None:
@@ -756,6 +793,7 @@ def convert_run(
             shutil.rmtree(staging, ignore_errors=True)
         if temporary is not None:
             temporary.cleanup()
+        lock.release()
 
 
 DEV_SCORES_FILE = "scores_dev.txt"

@@ -9,7 +9,7 @@ import pytest
 
 from convert.calibrate import draw_calibration_windows
 from convert.cli import EXIT_ERROR, main
-from convert.errors import CalibrationError, ConversionError
+from convert.errors import CalibrationError, ConversionError, RunDirectoryError
 from convert.parity import GateLimits, Row, choose_thresholds, gate_checks, margins
 from convert.tflite import check_calibration_layout
 from tests.convert_fixtures import write_easy_corpus
@@ -175,3 +175,18 @@ def test_convert_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path: P
     with pytest.raises(ConversionError, match=r"holds no manifest\.json; refusing to replace"):
         convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out, show_progress=False))
     assert (out / "holiday.jpg").read_bytes() == b"not a bundle"
+
+
+def test_a_second_conversion_into_the_same_bundle_is_refused(tmp_path: Path) -> None:
+    from convert.pipeline import ConvertSettings, _BundleLock, convert_run
+
+    out = tmp_path / "bundles" / "demo"
+    running = _BundleLock(out)  # what a conversion in progress holds
+    try:
+        with pytest.raises(ConversionError, match=r"another conversion is writing this bundle"):
+            convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out))
+    finally:
+        running.release()
+    with pytest.raises(RunDirectoryError, match="no such run directory"):
+        convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out))
+    assert not [p for p in out.parent.iterdir() if ".staging" in p.name]  # cleaned up
