@@ -349,10 +349,28 @@ def test_checkpoint_from_another_shape_is_refused_on_resume(corpus: Path, tmp_pa
         train(tiny_config(corpus, tmp_path, "swap", epochs=2), resume=True, show_progress=False)
 
 
-def test_existing_run_is_kept_unless_resume_or_overwrite(smoke_run, corpus: Path) -> None:
+def test_existing_run_is_never_replaced_silently(smoke_run, corpus: Path) -> None:
     result, _ = smoke_run
-    with pytest.raises(RunExistsError, match="pass --resume to continue it or --overwrite"):
-        train(tiny_config(corpus, result.run_dir.parent, "smoke"), show_progress=False)
+    runs = result.run_dir.parent
+    before = (result.run_dir / "best.pt").read_bytes()
+    # The same settings, finished: nothing to do (a second `make train` is a no-op).
+    again = train(tiny_config(corpus, runs, "smoke"), show_progress=False)
+    assert again.metrics == result.metrics
+    assert (result.run_dir / "best.pt").read_bytes() == before
+    # Other settings: refused, naming them.
+    with pytest.raises(RunExistsError, match=r"other settings \(seed: run has 0, asked 5\)"):
+        train(tiny_config(corpus, runs, "smoke", seed=5), show_progress=False)
+    with pytest.raises(RunExistsError, match=r"epochs: run has 1, asked 2"):
+        train(tiny_config(corpus, runs, "smoke", epochs=2), show_progress=False)
+
+
+def test_unfinished_run_asks_for_resume_or_overwrite(corpus: Path, tmp_path: Path) -> None:
+    train(tiny_config(corpus, tmp_path, "cut"), show_progress=False)
+    (tmp_path / "cut" / "metrics.json").write_text(json.dumps({"final": None}))
+    with pytest.raises(RunExistsError, match=r"unfinished run .* pass --resume"):
+        train(tiny_config(corpus, tmp_path, "cut"), show_progress=False)
+    fresh = train(tiny_config(corpus, tmp_path, "cut"), overwrite=True, show_progress=False)
+    assert fresh.metrics["final"] is not None
 
 
 def test_resume_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:

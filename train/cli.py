@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--augment",
-        default=",".join(_AUGMENT.kinds),
+        default=",".join(_AUGMENT.kinds) or "none",
         help=f"comma-separated augmentations from {','.join(AUGMENT_KINDS)}; 'all' or 'none'",
     )
     recipe.add_argument(

@@ -555,8 +555,25 @@ class RunState:
     best: dict[str, Any] = field(default_factory=dict)  # epoch, dev_eer, dev_loss
 
 
-def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> TrainConfig:
-    """Make the run directory; on resume, return the saved config (speed settings may change)."""
+def _setting_differences(
+    asked: TrainConfig, saved: TrainConfig, allowed: frozenset[str]
+) -> list[str]:
+    """Settings that differ, ignoring `allowed` and where the folder is (a run may be moved)."""
+    ignored = allowed | {"resolved", "name", "runs_dir"}
+    new, old = asked.to_dict(), saved.to_dict()
+    return [
+        f"{key}: run has {old[key]!r}, asked {new[key]!r}"
+        for key in new
+        if key not in ignored and new[key] != old.get(key)
+    ]
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> tuple[TrainConfig, bool]:
+    """Make the run directory. Returns the config to run with and whether the run is already
+    finished with these very settings (then there is nothing to do).
+
+    On resume the saved config wins (speed settings and a longer --epochs may change).
+    """
     run_dir = config.run_dir
     saved_path = run_dir / CONFIG_FILE
     # A folder left by a start that was refused (bad input) holds no checkpoint: reuse it.
@@ -568,28 +585,40 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> Train
                 "--resume"
             )
         saved = TrainConfig.load(saved_path)
-        new, old = config.to_dict(), saved.to_dict()
-        differ = [
-            f"{key}: run has {old[key]!r}, asked {new[key]!r}"
-            for key in new
-            if key not in RESUMABLE_CHANGES and key != "resolved" and new[key] != old.get(key)
-        ]
+        differ = _setting_differences(config, saved, RESUMABLE_CHANGES)
         if differ:
             raise TrainingError(
                 f"--resume: the settings differ from the run in {run_dir} (only "
                 f"{sorted(RESUMABLE_CHANGES)} may change): " + "; ".join(differ)
             )
-        changes = {key: getattr(config, key) for key in RESUMABLE_CHANGES}
-        return saved.with_changes(**changes)
-    if has_run and not overwrite:
-        raise RunExistsError(
-            f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
-            "start it again"
-        )
+        changes = {key: getattr(config, key) for key in RESUMABLE_CHANGES | {"name"}}
+        return saved.with_changes(**changes), False
     if has_run and overwrite:
         shutil.rmtree(run_dir)
+    elif has_run:
+        differ = ["config.json is missing or unreadable"]
+        finished = False
+        if saved_path.exists():
+            try:
+                saved = TrainConfig.load(saved_path)
+                differ = _setting_differences(config, saved, RESUMABLE_CHANGES - {"epochs"})
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                finished = bool(metrics.get("final"))
+            except (ConfigError, OSError, json.JSONDecodeError):
+                pass
+        if differ:
+            raise RunExistsError(
+                f"{run_dir} already holds a run with other settings ({'; '.join(differ)}); "
+                "pass --overwrite to replace it or choose another --name"
+            )
+        if not finished:
+            raise RunExistsError(
+                f"{run_dir} already holds an unfinished run with these settings; pass --resume "
+                "to continue it or --overwrite to start it again"
+            )
+        return config, True
     run_dir.mkdir(parents=True, exist_ok=True)
-    return config
+    return config, False
 
 
 def load_resume_state(
@@ -652,15 +681,27 @@ def train(
     is_main = placement.is_main
     handler = None
     try:
+        finished = False
         if is_main:
-            config = prepare_run_dir(config, resume, overwrite)
+            config, finished = prepare_run_dir(config, resume, overwrite)
         if placement.distributed:
-            dist.barrier()
+            flag = [finished]
+            dist.broadcast_object_list(flag, src=0)
+            finished = bool(flag[0])
             if not is_main and resume:
                 config = TrainConfig.load(config.run_dir / CONFIG_FILE).with_changes(
-                    **{key: getattr(config, key) for key in RESUMABLE_CHANGES}
+                    **{key: getattr(config, key) for key in RESUMABLE_CHANGES | {"name"}}
                 )
         run_dir = config.run_dir
+        if finished:
+            _setup_logging(None, is_main, append=True)
+            log.info(
+                "%s already holds a finished run with these settings: nothing to do "
+                "(--overwrite trains it again)",
+                run_dir,
+            )
+            metrics = json.loads((run_dir / "metrics.json").read_text()) if is_main else {}
+            return RunResult(run_dir, metrics)
         handler = _setup_logging(run_dir, is_main, append=resume)
         return _run(config, placement, resume, show_progress and is_main)
     finally:
