@@ -609,7 +609,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool, overwrite: bool) -> tuple
         if differ:
             raise RunExistsError(
                 f"{run_dir} already holds a run with other settings ({'; '.join(differ)}); "
-                "pass --overwrite to replace it or choose another --name"
+                "pass --overwrite (or delete the folder) to replace it, or choose another --name"
             )
         if not finished:
             raise RunExistsError(
