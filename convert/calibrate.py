@@ -26,7 +26,7 @@ from convert.errors import CalibrationError
 from device.audio import windows_from_file
 from train.data.records import Record
 
-DEFAULT_CALIBRATION_WINDOWS = 400
+DEFAULT_CALIBRATION_WINDOWS = 320
 MIN_CALIBRATION_WINDOWS = 300
 DEFAULT_CALIBRATION_SEED = 1234
 

@@ -46,10 +46,11 @@ INT8_MAX_EER_DELTA = 0.01
 FLOAT_MAX_LOGIT_DIFF = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEVICE_VENVS = (".venv-tflite", ".venv-device")
+"""tflite-runtime 2.14: a different build with its own known faults (TOOLCHAIN.md); LiteRT
+2.3: the Pi's pinned version (benchmarks take the accuracy columns of its rows from here)."""
 DEVICE_VENV_FORMATS = {".venv-tflite": ("fp32", "int8"), ".venv-device": ("int8",)}
-"""Formats scored in each device venv. tflite-runtime 2.14 gets both: it is a different
-build with its own known faults (TOOLCHAIN.md). LiteRT 2.3 (the Pi's) gets int8, the
-format the device runs by default; its fp32 kernels are LiteRT 2.1's, already a row."""
+"""Formats scored in each device venv: every shipped TFLite file on tflite-runtime; int8,
+the device's default format, on LiteRT 2.3 (its fp32 kernels are LiteRT 2.1's)."""
 
 
 def device_venv_formats(venv: str) -> tuple[str, ...]:
