@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -106,7 +105,13 @@ def measure(
         steady_start: tuple[float, float] | None = None
         show = sys.stderr.isatty()
         next_note = started + 10
-        while process.poll() is None:
+        # wait4 gives this child's own rusage; RUSAGE_CHILDREN would add up every child
+        # this process ever reaped (a test runner has reaped many).
+        while True:
+            reaped, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if reaped:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                break
             now = time.monotonic()
             if steady_start is None and events_path.exists() and events_path.stat().st_size:
                 cpu = _proc_cpu_s(process.pid)
@@ -116,9 +121,7 @@ def measure(
                 print(f"  ... {now - started:.0f} s of ~{seconds:.0f} s", file=sys.stderr)
                 next_note += 10
             time.sleep(0.05)
-        # poll() reaped the child; its rusage comes from RUSAGE_CHILDREN (it is the only child).
         ended = time.monotonic()
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         stderr = stderr_path.read_text(errors="replace")
         if process.returncode != 0:
             raise RuntimeError(f"the agent exited {process.returncode}: {stderr[-2000:]}")
