@@ -27,13 +27,14 @@ make --no-print-directory convert RUN="$RUN" OUT="$OUT"
 step "4/5 the device agent scores held-out eval files  ($(elapsed) so far)"
 protocol="$DATA/LA/ASVspoof2019_LA_cm_protocols/ASVspoof2019.LA.cm.eval.trl.txt"
 audio_dir="$DATA/LA/ASVspoof2019_LA_eval/flac"
-mapfile -t picks < <( { grep ' bonafide$' "$protocol" | head -n 3; grep ' spoof$' "$protocol" | head -n 3; } | awk '{print $2}')
+# three bona fide files and one file of every attack system (A04 is unseen in training)
+mapfile -t picks < <(awk '$5 == "bonafide" && n++ < 3 {print $2} $5 == "spoof" && !seen[$4]++ {print $2}' "$protocol")
 files=()
 for utt in "${picks[@]}"; do files+=("$audio_dir/$utt.flac"); done
 for utt in "${picks[@]}"; do
-  printf '  %-16s truth=%s\n' "$utt" "$(awk -v u="$utt" '$2==u {print $5}' "$protocol")"
+  printf '  %-16s truth=%s\n' "$utt" "$(awk -v u="$utt" '$2 == u {print $5 " " $4}' "$protocol")"
 done
-"$PY" -m device score "${files[@]}" --bundle "$OUT" --json
+"$PY" -m device score "${files[@]}" --bundle "$OUT"   # add --json for one JSON object per file
 
 step "5/5 benchmark  ($(elapsed) so far)"
 make --no-print-directory bench BUNDLE="$OUT"
