@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,17 +166,28 @@ def test_the_dataset_reader_reads_the_corpus(tiny: Path) -> None:
     assert not dataset.problems
 
 
-def test_same_seed_gives_byte_identical_corpus_whatever_the_worker_count(tmp_path: Path) -> None:
-    settings = CorpusSettings(seed=11, train=12, dev=6, eval=10, sources_per_task=4)
+def _build_in_a_new_process(root: Path, seed: int, jobs: int) -> None:
+    # A separate interpreter per build: espeak-ng seeds itself from the clock at start-up
+    # and keeps state between utterances, which a build in this process could hide.
+    command = [sys.executable, "-m", "train.demo_corpus", "--out", str(root), "--seed", str(seed)]
+    command += ["--train", "12", "--dev", "6", "--eval", "10", "--jobs", str(jobs), "--no-check"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_same_seed_gives_byte_identical_corpus_across_runs_and_worker_counts(
+    tmp_path: Path,
+) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
-    build(settings, first, jobs=1, check=False, log=_quiet)
-    build(settings, second, jobs=2, check=False, log=_quiet)
+    _build_in_a_new_process(first, seed=11, jobs=1)
+    _build_in_a_new_process(second, seed=11, jobs=2)
     files = sorted(p.relative_to(first) for p in (first / "LA").rglob("*") if p.is_file())
     assert len(files) == 3 + 28
     for relative in files:
         assert (first / relative).read_bytes() == (second / relative).read_bytes(), relative
     assert sorted(p.relative_to(second) for p in (second / "LA").rglob("*") if p.is_file()) == files
 
+    settings = CorpusSettings(seed=11, train=12, dev=6, eval=10)
     other_files, _ = corpus.plan(CorpusSettings(seed=12, train=12, dev=6, eval=10))
     assert [f.protocol_line() for f in other_files["train"]] != [
         f.protocol_line() for f in corpus.plan(settings)[0]["train"]
@@ -274,3 +287,52 @@ def test_plan_gives_each_split_its_share_of_bona_fide_and_balanced_systems() -> 
             if f.label == "spoof":
                 per_system[f.system_id] = per_system.get(f.system_id, 0) + 1
         assert max(per_system.values()) - min(per_system.values()) <= 1, split
+
+
+def test_the_cue_check_catches_a_planted_leading_silence_cue(tiny: Path, tmp_path: Path) -> None:
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny / "LA", leaky / "LA")
+    for split in SPLITS:
+        for fields in _protocol(leaky, split):
+            if fields[4] == "spoof":
+                path = audio_dir(leaky, split) / f"{fields[1]}.flac"
+                signal, rate = sf.read(path)
+                padded = np.concatenate([np.zeros(rate // 2), signal])
+                sf.write(path, padded, rate, subtype="PCM_16", format="FLAC")
+    report = corpus.check_cues(leaky, jobs=2)
+    assert not report.passed
+    assert report.worst.feature in ("leading_silence_s", "duration_s")
+    by_name = {row.feature: row for row in report.rows}
+    assert by_name["leading_silence_s"].overall_eer < 0.1
+    assert by_name["leading_silence_s"].direction == "higher"
+
+
+_SYNTHESIZE_ONCE = """
+import hashlib
+from train.synth.espeak import Espeak, VoiceSettings
+espeak = Espeak()
+text = "Rápido rápido mercado mercado cielo tarde rápido. ciudad?"
+for voice in ("es+f5", "en+f3", "de+klatt"):
+    samples = espeak.synthesize(text, VoiceSettings(voice, 191, 40, 27), noise_seed=5)
+    print(voice, hashlib.sha256(samples.tobytes()).hexdigest())
+"""
+
+
+def test_espeak_speaks_the_same_samples_in_processes_started_at_different_times() -> None:
+    # espeak-ng seeds its noise generator from time() when it starts: without
+    # espeak_ng_SetRandSeed two runs a second apart differ.
+    outputs = []
+    for attempt in range(2):
+        if attempt:
+            time.sleep(1.1)
+        done = subprocess.run(
+            [sys.executable, "-c", _SYNTHESIZE_ONCE],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0].splitlines()) == 3

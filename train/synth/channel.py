@@ -32,7 +32,7 @@ def _grid_hz(value_hz: float, step_hz: float) -> float:
 
 
 HIGHPASS_HZ = (50.0, 250.0, 10.0)  # range and grid step of the microphone high-pass
-LOWPASS_HZ = (4000.0, 7600.0, 50.0)  # range and grid step of the band limit
+LOWPASS_HZ = (5000.0, 7800.0, 50.0)  # range and grid step of the band limit
 LOWPASS_ORDERS = range(4, 11)
 
 
@@ -53,7 +53,7 @@ def room_impulse_response(
     sample_rate: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, Settings]:
     """Direct path plus exponentially decaying noise, high frequencies decaying faster."""
-    rt60_s = float(rng.uniform(0.1, 0.5))
+    rt60_s = float(rng.uniform(0.1, 0.4))
     drr_db = float(rng.uniform(3.0, 15.0))
     predelay_samples = int(rng.integers(int(0.002 * sample_rate), int(0.012 * sample_rate)))
     length = int(min(rt60_s, 0.5) * sample_rate)
@@ -129,7 +129,7 @@ def apply_channel(
 
     # Background noise at a random SNR, relative to the speech power where it is active.
     kind = str(rng.choice(NOISE_KINDS))
-    snr_db = float(rng.uniform(20.0, 45.0))
+    snr_db = float(rng.uniform(20.0, 50.0))
     active = np.abs(signal) > 0.05 * np.max(np.abs(signal)) if signal.any() else slice(None)
     speech_power = float(np.mean(signal[active] ** 2)) if np.any(active) else 1.0
     noise = _noise(kind, num_samples, sample_rate, rng)

@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -46,7 +45,7 @@ from train.synth.speakers import Speaker, draw_speakers
 from train.synth.text import sentence
 from train.synth.vocoders import SYSTEMS, SYSTEMS_BY_ID
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the generator's output changes for the same settings."""
 
 SPLITS = ("train", "dev", "eval")
@@ -75,9 +74,9 @@ class CorpusSettings:
     bonafide_share: float = 0.5
     min_duration_s: float = 1.0
     max_duration_s: float = 4.0
-    speakers_train: int = 30
-    speakers_dev: int = 12
-    speakers_eval: int = 24
+    speakers_train: int = 120
+    speakers_dev: int = 40
+    speakers_eval: int = 80
     sources_per_task: int = (
         24  # utterances synthesized per fresh worker process (fixed: see espeak.py)
     )
@@ -382,24 +381,38 @@ def _pool(jobs: int, fresh_process_per_task: bool) -> ProcessPoolExecutor:
 
 
 class _Progress:
-    """A tqdm bar on a terminal, nothing otherwise."""
+    """A rich progress bar on stderr, silent when stderr is not a terminal."""
 
-    def __init__(self, total: int, description: str, enabled: bool | None = None) -> None:
-        self.bar = None
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        if enabled:
-            from tqdm import tqdm
+    def __init__(self, total: int, description: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-            self.bar = tqdm(total=total, desc=description, unit="file", leave=False)
+        console = Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
 
     def update(self, count: int) -> None:
-        if self.bar is not None:
-            self.bar.update(count)
+        self._progress.update(self._task, advance=count)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self._progress.stop()
 
 
 def run_parallel(

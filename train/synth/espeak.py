@@ -1,11 +1,13 @@
 """Offline speech from the libespeak-ng bundled with `espeakng-loader`, through ctypes.
 
-espeak-ng keeps static state between utterances that `espeak_Terminate` does not
-reset (synthesis of the same text after a different one can differ), and it draws
-noise from libc's `rand()`. So an utterance is a deterministic function of the whole
-sequence of calls made in its process since the library was loaded. The demo corpus
-therefore synthesizes a fixed list of utterances per fresh worker process and calls
-`srand` with a per-utterance seed: same list, same seed -> same samples.
+espeak-ng draws noise from its own generator, seeded from `time()` when the library
+starts, and its Klatt voices from libc's `rand()`; both are seeded per utterance here
+(`espeak_ng_SetRandSeed`, `srand`). It also keeps static synthesis state between
+utterances that `espeak_Terminate` does not reset: the same text after a different one
+can come out differently. So an utterance is a deterministic function of the sequence
+of calls made in its process since the library was loaded, and the demo corpus
+synthesizes a fixed list of utterances per fresh worker process: same list, same
+seeds -> same samples, on any run.
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ class Espeak:
             ctypes.c_void_p,
         ]
         lib.espeak_Synth.restype = ctypes.c_int
+        try:
+            lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+            lib.espeak_ng_SetRandSeed.restype = None
+        except AttributeError as error:
+            raise EspeakError(
+                f"libespeak-ng at {library_path} has no espeak_ng_SetRandSeed (needs "
+                "espeak-ng 1.52 or later); its noise could not be made reproducible"
+            ) from error
         data_path = espeakng_loader.get_data_path()
         sample_rate = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT
@@ -116,6 +126,8 @@ class Espeak:
             (_PARAM_WORDGAP, settings.word_gap_10ms),
         ):
             lib.espeak_SetParameter(parameter, int(value), 0)
+        # espeak-ng seeds its own generator from time() at start-up; Klatt voices use rand()
+        lib.espeak_ng_SetRandSeed(noise_seed & 0x7FFFFFFF)
         self._libc.srand(ctypes.c_uint(noise_seed & 0xFFFFFFFF))
         self._chunks = []
         encoded = text.encode("utf-8") + b"\0"
