@@ -195,17 +195,11 @@ def load_run(run_dir: Path, checkpoint_name: str = CHECKPOINT_NAME) -> LoadedRun
 
 def load_records(config: Any) -> tuple[list[Any], dict[str, Any]]:
     """The run's dataset, read with the settings it trained with (as train.train does)."""
-    from train.data import DatasetError, load_dataset
+    from train.data import DatasetError
+    from train.train import read_dataset
 
     try:
-        dataset = load_dataset(
-            config.format,
-            config.root,
-            skip_missing=config.skip_missing,
-            skip_malformed=config.skip_malformed,
-            track=config.track,
-            seed=config.seed,
-        )
+        dataset = read_dataset(config)
     except DatasetError as error:
         raise RunDirectoryError(
             f"cannot read the dataset the run was trained on ({config.format} at "
