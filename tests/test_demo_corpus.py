@@ -236,6 +236,10 @@ def test_settings_refuse_impossible_sizes() -> None:
         CorpusSettings(dev=1)
     with pytest.raises(ValueError, match="bonafide_share"):
         CorpusSettings(bonafide_share=1.5)
+    with pytest.raises(
+        ValueError, match=r"eval: 5 utterances .* leave 3 spoofs; expected at least 4"
+    ):
+        CorpusSettings(eval=5)
 
 
 def test_cue_features_measure_what_they_name() -> None:

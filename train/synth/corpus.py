@@ -77,9 +77,8 @@ class CorpusSettings:
     speakers_train: int = 120
     speakers_dev: int = 40
     speakers_eval: int = 80
-    sources_per_task: int = (
-        24  # utterances synthesized per fresh worker process (fixed: see espeak.py)
-    )
+    # utterances synthesized per fresh worker process; part of the output (see espeak.py)
+    sources_per_task: int = 24
     sample_rate: int = SAMPLE_RATE
 
     def __post_init__(self) -> None:
@@ -90,6 +89,17 @@ class CorpusSettings:
                 )
         if not 0.0 < self.bonafide_share < 1.0:
             raise ValueError(f"expected 0 < bonafide_share < 1, got {self.bonafide_share}")
+        for split in SPLITS:
+            spoofs = self.size(split) - self.bonafide_count(split)
+            systems = len(split_systems(split))
+            if spoofs < systems:
+                raise ValueError(
+                    f"{split}: {self.size(split)} utterances with bonafide_share "
+                    f"{self.bonafide_share} leave {spoofs} spoofs; expected at least "
+                    f"{systems}, one per attack system of the split"
+                )
+        if self.sources_per_task < 1:
+            raise ValueError(f"expected sources_per_task >= 1, got {self.sources_per_task}")
         if not 0.5 <= self.min_duration_s < self.max_duration_s:
             raise ValueError(
                 f"expected 0.5 <= min_duration_s < max_duration_s, got "
@@ -163,9 +173,14 @@ def protocol_path(root: Path, split: str) -> Path:
 
 
 def plan(settings: CorpusSettings) -> tuple[dict[str, list[PlannedFile]], dict[str, list[Speaker]]]:
-    """Every file of the corpus (ids, speakers, systems, sources), cheap and deterministic."""
+    """Every file of the corpus (ids, speakers, systems, sources), cheap and deterministic.
+
+    Returns the planned files of each split and, per split, the speaker of each bona fide
+    source utterance (index = source_index).
+    """
     rng = np.random.default_rng(np.random.SeedSequence([settings.seed, 0]))
     speakers = draw_speakers({split: settings.speakers(split) for split in SPLITS}, rng)
+    source_speakers: dict[str, list[Speaker]] = {}
     total = sum(settings.size(split) for split in SPLITS)
     numbers = rng.choice(9_000_000, size=total, replace=False) + 1_000_000
     files: dict[str, list[PlannedFile]] = {}
@@ -200,8 +215,8 @@ def plan(settings: CorpusSettings) -> tuple[dict[str, list[PlannedFile]], dict[s
                 )
             )
         files[split] = planned
-        speakers[split] = speaker_of_source  # per source, for the tasks
-    return files, speakers
+        source_speakers[split] = speaker_of_source
+    return files, source_speakers
 
 
 def tasks(settings: CorpusSettings, root: Path) -> list[Task]:
