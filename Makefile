@@ -55,6 +55,10 @@ demo: $(STAMP)
 	./scripts/demo.sh
 
 test: $(STAMP)
+	@# the Pi-only environments (LiteRT 2.3 + numpy 2; tflite-runtime 2.14 + numpy<2) are
+	@# small; with them the suite also runs the device code the way a Pi does
+	./scripts/device-venv.sh device
+	./scripts/device-venv.sh tflite
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
