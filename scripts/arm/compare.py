@@ -264,6 +264,10 @@ depend on the CPU's instructions (seen: up to 5e-7 of full scale, a few float32 
 WAV and FLAC decode with integer arithmetic and must be bit-exact."""
 
 LOSSY_DECODE_LIMIT = 1e-5
+INT8_LSB_TOLERANCE = 1
+"""Raw int8 outputs of LiteRT's default path may differ from x86 by this many steps of the
+output scale (a rounding difference inside an int8 kernel; every decision must still be
+equal). Bit-exactness is reported in the table, not required."""
 """Largest |difference| of decoded lossy audio accepted between CPUs: -100 dBFS, 20x above the
 codecs' float rounding and far below the int8 model input's step (1/128); a decoder that is
 wrong rather than rounded differently lands far above it."""
@@ -580,7 +584,8 @@ def check_cli(
 
 
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    """What must hold: equal decisions, a bit-exact front end, bit-exact int8 on LiteRT's default path."""
+    """What must hold: equal decisions, a bit-exact front end, int8 on LiteRT's default path
+    within INT8_LSB_TOLERANCE of x86 (bit-exactness reported, not required)."""
     problems = []
     for row in rows:
         if row["runtime"] == "tflite vs litert":
@@ -609,8 +614,12 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
             and row["runtime"] == "litert"
             and default_path
             and row.get("bit_exact") is False
+            and (row.get("max_raw_diff") is None or row["max_raw_diff"] > INT8_LSB_TOLERANCE)
         ):
-            problems.append(f"{where}: int8 on LiteRT's default path is not bit-exact")
+            problems.append(
+                f"{where}: int8 on LiteRT's default path differs from x86 by "
+                f"{row.get('max_raw_diff')} LSB, more than {INT8_LSB_TOLERANCE}"
+            )
     return problems
 
 
