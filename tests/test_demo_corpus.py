@@ -169,7 +169,8 @@ def test_the_dataset_reader_reads_the_corpus(tiny: Path) -> None:
 def _build_in_a_new_process(root: Path, seed: int, jobs: int) -> None:
     # A separate interpreter per build: espeak-ng seeds itself from the clock at start-up
     # and keeps state between utterances, which a build in this process could hide.
-    command = [sys.executable, "-m", "train.demo_corpus", "--out", str(root), "--seed", str(seed)]
+    command = [sys.executable, "-m", "train.demo_corpus", "--corpus", "espeak", "--out", str(root)]
+    command += ["--seed", str(seed)]
     command += ["--train", "12", "--dev", "6", "--eval", "10", "--jobs", str(jobs), "--no-check"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
