@@ -14,15 +14,16 @@ OUT ?= bundles/demo
 BUNDLE ?= $(OUT)
 PI ?=
 
-.PHONY: help install data train convert bench demo test test-fast lint deploy test-arm device-venv tflite-venv clean
+.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm device-venv tflite-venv clean
 
 help:
 	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
 	@echo "make test      install and run the whole test suite (unit + end-to-end)"
 	@echo "make install   create $(VENV) with pinned versions (idempotent)"
-	@echo "make data      build the demo corpus in $(DATA)"
+	@echo "make data      build the demo corpus in $(DATA): real voices vs neural and classic fakes"
 	@echo "make train     train CLAD on the demo corpus into $(RUN)"
 	@echo "make convert   $(RUN) -> ONNX, fp32 + int8 TFLite, parity gate, bundle in $(OUT)"
+	@echo "make outside   score real voices and Flite fakes the demo corpus never saw with $(BUNDLE)"
 	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE)"
 	@echo "make deploy PI=user@host   copy device/ and $(BUNDLE) to a Raspberry Pi and install it"
 	@echo "make test-arm  run the device runtime under emulated aarch64 (Cortex-A72/A76)"
@@ -47,6 +48,9 @@ convert: $(STAMP)
 	@# the parity gate also runs the bundle on tflite-runtime 2.14 where that venv installs
 	-@./scripts/device-venv.sh tflite
 	$(PY) -m convert --run $(RUN) --out $(OUT)
+
+outside: $(STAMP)
+	$(PY) -m train.outside --bundle $(BUNDLE)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --bundle $(BUNDLE)
