@@ -20,18 +20,16 @@ from typing import Any
 
 from device.audio import NORMALIZATION_RULE, SAMPLE_RATE
 from device.bundle import (
-    FILE_AGGREGATION,
     FORMAT_VERSION,
-    LABELS,
     MANIFEST_NAME,
     MODEL_FILES,
-    SCORE_DEFINITION,
     TensorSpec,
     check_tensor_details,
     load_bundle,
     manifest_from_dict,
     sha256_of,
 )
+from device.scores import FILE_AGGREGATION, LABELS, SCORE_DEFINITION
 
 TOOL_PACKAGES = (
     "torch",

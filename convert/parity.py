@@ -2,8 +2,8 @@
 
 Each eval file is decoded and cut once (`train.scoring.prepare_file`: the device front
 end, silent windows dropped). Every format then computes the logits of every window, and
-the file score follows the one rule of `train.scoring.aggregate` (mean of the window
-logits, softmax). Rows:
+the file score follows the one rule of `device.scores` (mean of the window logits,
+softmax; thresholds and EERs on the spoof logit margin). Rows:
 
     torch                      the reference
     onnx                       onnxruntime, batch-1 graph
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS
+from device.scores import p_spoof, p_spoof_from_margin, spoof_margin
 from train.data.records import BONAFIDE_ATTACK, Record
 from train.metrics import compute_eer, error_rates, per_attack_eer
 from train.scoring import PreparedFile, aggregate, prepare_file
@@ -129,26 +130,6 @@ def prepare_split(
 # --------------------------------------------------------------------------- scores
 
 
-def margins(file_logits: np.ndarray) -> np.ndarray:
-    """logit_spoof - logit_bonafide: ranks files like P(spoof), without saturating at 0 or 1."""
-    file_logits = np.asarray(file_logits, dtype=np.float64)
-    return file_logits[:, 1] - file_logits[:, 0]
-
-
-def p_spoof(file_logits: np.ndarray) -> np.ndarray:
-    """softmax(file logits)[1], float64 (the same value as train.scoring.p_spoof per file)."""
-    m = margins(file_logits)
-    return 1.0 / (1.0 + np.exp(-m))
-
-
-def sigmoid(x: float) -> float:
-    if x == math.inf:
-        return 1.0
-    if x == -math.inf:
-        return 0.0
-    return float(1.0 / (1.0 + math.exp(-x))) if x > -700 else 0.0
-
-
 @dataclass(frozen=True)
 class Thresholds:
     """Chosen on the dev split from PyTorch's file scores."""
@@ -190,7 +171,7 @@ def choose_thresholds(
     file_logits: np.ndarray, labels: np.ndarray, far_target: float = 0.01
 ) -> Thresholds:
     """Thresholds from dev file logits; see `thresholds_from_margins`."""
-    return thresholds_from_margins(margins(file_logits), labels, far_target)
+    return thresholds_from_margins(spoof_margin(file_logits), labels, far_target)
 
 
 def thresholds_from_margins(
@@ -213,10 +194,10 @@ def thresholds_from_margins(
     return Thresholds(
         eer=float(eer.eer),
         eer_margin=eer_margin,
-        eer_p_spoof=sigmoid(eer_margin),
+        eer_p_spoof=float(p_spoof_from_margin(eer_margin)),
         far_target=float(far_target),
         far_margin=far_margin,
-        far_p_spoof=sigmoid(far_margin),
+        far_p_spoof=float(p_spoof_from_margin(far_margin)),
         far_achieved=float(rejection[far_index]),
         far_spoof_acceptance=float(acceptance[far_index]),
         files=len(labels),
@@ -248,7 +229,7 @@ def compute_row_metrics(
     for item in (row, reference):
         if item.file_logits is None or item.window_logits is None:
             raise ValueError(f"row {item.name!r} has no scores ({item.status}: {item.reason})")
-    m = margins(row.file_logits)
+    m = spoof_margin(row.file_logits)
     p = p_spoof(row.file_logits)
     p_ref = p_spoof(reference.file_logits)
     decisions = p >= threshold_p_spoof

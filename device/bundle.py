@@ -20,14 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from device.scores import LABELS
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-LABELS = ("bonafide", "spoof")
-SCORE_DEFINITION = "P(spoof) = softmax(logits)[1], in [0, 1]; higher = more likely spoofed"
-FILE_AGGREGATION = (
-    "mean of the logits of the file's non-silent windows (all windows if every one is "
-    "silent), then softmax; a file whose every window is silent is reported as silence"
-)
 MODEL_FILES = {"onnx": "model.onnx", "fp32": "model_fp32.tflite", "int8": "model_int8.tflite"}
 """Model format name -> file name inside a bundle."""
 

@@ -157,10 +157,7 @@ def build_bundle(out_dir: Path) -> Path:
 
     from device.audio import NORMALIZATION_RULE, SAMPLE_RATE
     from device.bundle import (
-        FILE_AGGREGATION,
-        LABELS,
         MANIFEST_NAME,
-        SCORE_DEFINITION,
         AudioSettings,
         FileEntry,
         Manifest,
@@ -169,6 +166,7 @@ def build_bundle(out_dir: Path) -> Path:
         manifest_to_dict,
         sha256_of,
     )
+    from device.scores import FILE_AGGREGATION, LABELS, SCORE_DEFINITION
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Conv1D kernel (taps, in, filters): x[n+1]-x[n], x[n]-x[n+1], x[n+1]+x[n], -(x[n+1]+x[n]).

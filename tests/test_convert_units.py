@@ -10,8 +10,9 @@ import pytest
 from convert.calibrate import draw_calibration_windows
 from convert.cli import EXIT_ERROR, main
 from convert.errors import CalibrationError, ConversionError, RunDirectoryError
-from convert.parity import GateLimits, Row, choose_thresholds, gate_checks, margins
+from convert.parity import GateLimits, Row, choose_thresholds, gate_checks
 from convert.tflite import check_calibration_layout
+from device.scores import spoof_margin
 from tests.convert_fixtures import write_easy_corpus
 from train.data import load_dataset
 from train.metrics import error_rates
@@ -155,7 +156,7 @@ def test_onnx_export_matches_torch_on_real_windows(easy_records: list, tmp_path:
     result = compare_onnxruntime(model, path, windows[:40])
     assert result.windows == 40
     assert result.passed and result.max_abs_logit_diff <= 1e-4
-    assert margins(np.zeros((1, 2))).tolist() == [0.0]
+    assert spoof_margin(np.zeros((1, 2))).tolist() == [0.0]
 
 
 def test_cli_reports_a_missing_run_without_a_traceback(
