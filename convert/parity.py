@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS
+from device.runtimes import CURRENT_ENVIRONMENT, DEVICE_VENVS
 from device.scores import p_spoof, p_spoof_from_margin, spoof_margin
 from train.data.records import BONAFIDE_ATTACK, Record
 from train.metrics import compute_eer, error_rates, per_attack_eer
@@ -46,16 +47,14 @@ INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_EER_DELTA = 0.01
 FLOAT_MAX_LOGIT_DIFF = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DEVICE_VENVS = (".venv-tflite", ".venv-device")
-"""tflite-runtime 2.14: a different build with its own known faults (TOOLCHAIN.md); LiteRT
-2.3: the Pi's pinned version (benchmarks take the accuracy columns of its rows from here)."""
-DEVICE_VENV_FORMATS = {".venv-tflite": ("fp32", "int8"), ".venv-device": ("int8",)}
-"""Formats scored in each device venv: every shipped TFLite file on tflite-runtime; int8,
-the device's default format, on LiteRT 2.3 (its fp32 kernels are LiteRT 2.1's)."""
+DEFAULT_DEVICE_VENVS = tuple(DEVICE_VENVS)
+"""Every device venv of `device.runtimes.DEVICE_VENVS` (what each holds and scores is there)."""
 
 
 def device_venv_formats(venv: str) -> tuple[str, ...]:
-    return DEVICE_VENV_FORMATS.get(Path(venv).name, ("fp32", "int8"))
+    """The formats scored in a device venv; both TFLite files for a venv not in the table."""
+    known = DEVICE_VENVS.get(Path(venv).name)
+    return known.parity_formats if known else ("fp32", "int8")
 
 
 WORKER_TIMEOUT_S = 600.0
@@ -213,7 +212,9 @@ class Row:
 
     name: str
     format: str  # torch | onnx | fp32 | int8
-    runtime: str
+    runtime: str  # label: pip name and version ("ai-edge-litert 2.3.0"); "-" when it did not run
+    distribution: str  # pip name of the runtime (device.runtimes), known even when skipped
+    environment: str = CURRENT_ENVIRONMENT  # or the device venv it ran in (".venv-tflite")
     status: str = "ok"  # ok | skipped | failed
     reason: str = ""
     window_logits: np.ndarray | None = None

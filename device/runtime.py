@@ -35,6 +35,7 @@ from device.bundle import (
     check_tensor_details,
     load_bundle,
 )
+from device.runtimes import INTERPRETERS, RUNTIMES
 from device.scores import FILE_AGGREGATION, LABELS, file_logits, p_spoof, select_windows
 
 softmax_spoof = p_spoof
@@ -45,10 +46,8 @@ MODEL_FORMATS = ("int8", "fp32")
 
 DECISIONS = ("bonafide", "spoof", "silence")
 
-_RUNTIMES = (
-    ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    ("tflite_runtime.interpreter", "tflite-runtime"),
-)
+_RUNTIMES = tuple((RUNTIMES[key].module, RUNTIMES[key].distribution) for key in INTERPRETERS)
+"""(module, pip name) of each interpreter, in the order tried (the table is device.runtimes)."""
 
 
 class InterpreterUnavailableError(ImportError):

@@ -61,7 +61,7 @@ def test_far_threshold_keeps_false_alarms_under_target() -> None:
 
 
 def _row(name: str, fmt: str, **metrics: float) -> Row:
-    row = Row(name, fmt, "test")
+    row = Row(name, fmt, "test", "test")
     row.metrics = dict(metrics)
     return row
 
@@ -74,7 +74,15 @@ def test_gate_fails_each_limit_and_skips_missing_runtimes() -> None:
         _row("fp32", "fp32", max_abs_logit_diff=2e-4),
         _row("int8", "int8", agreement=0.985, eer=0.055),
         _row("int8 @ b", "int8", agreement=0.999, eer=0.065),
-        Row("int8 @ c", "int8", "-", status="skipped", reason=".venv-tflite not built"),
+        Row(
+            "int8 @ c",
+            "int8",
+            "-",
+            "tflite-runtime",
+            environment=".venv-tflite",
+            status="skipped",
+            reason=".venv-tflite not built",
+        ),
     ]
     checks = {
         (c.row, c.check.split(" (")[0]): c for c in gate_checks(rows, torch_row, GateLimits())
