@@ -66,6 +66,17 @@ def test_convert_writes_a_bundle_the_device_loads(converted: tuple[Path, int]) -
     assert set(calibrated["by_label"]) == {"bonafide", "spoof"}
     for tool in ("torch", "onnx2tf", "tensorflow", "ai-edge-litert", "onnxruntime"):
         assert manifest.tools[tool] != "not installed"
+    # The int8 settings as read back from the converter that wrote model_int8.tflite.
+    assert manifest.tools["int8_quantization"] == {
+        "converter": "tf.lite.TFLiteConverter.from_saved_model (onnx2tf's SavedModel)",
+        "optimizations": ["DEFAULT"],
+        "supported_ops": ["TFLITE_BUILTINS_INT8"],
+        "inference_input_type": "int8",
+        "inference_output_type": "int8",
+        "representative_dataset": True,
+        "per_channel_weights": True,
+        "calibration_windows": calibrated["windows"],
+    }
 
 
 def test_thresholds_come_from_the_dev_split(converted: tuple[Path, int]) -> None:

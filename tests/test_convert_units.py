@@ -10,6 +10,7 @@ import pytest
 from convert.calibrate import draw_calibration_windows
 from convert.cli import EXIT_ERROR, main
 from convert.errors import CalibrationError, ConversionError, RunDirectoryError
+from convert.int8 import configure_full_int8, converter_settings
 from convert.parity import GateLimits, Row, choose_thresholds, gate_checks
 from convert.tflite import check_calibration_layout
 from device.scores import spoof_margin
@@ -199,3 +200,31 @@ def test_a_second_conversion_into_the_same_bundle_is_refused(tmp_path: Path) -> 
     with pytest.raises(RunDirectoryError, match="no such run directory"):
         convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out))
     assert not [p for p in out.parent.iterdir() if ".staging" in p.name]  # cleaned up
+
+
+def test_full_int8_settings_are_what_the_converter_reads_back() -> None:
+    tf = pytest.importorskip("tensorflow")
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            return 2.0 * x
+
+    module = Double()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module
+    )
+    before = converter_settings(converter)
+    assert (before["supported_ops"], before["inference_input_type"]) == (
+        ["TFLITE_BUILTINS"],
+        "float32",
+    )
+    configure_full_int8(converter, lambda: iter([[np.ones((1, 4), np.float32)]]))
+    assert converter_settings(converter) == {
+        "optimizations": ["DEFAULT"],
+        "supported_ops": ["TFLITE_BUILTINS_INT8"],
+        "inference_input_type": "int8",
+        "inference_output_type": "int8",
+        "representative_dataset": True,
+        "per_channel_weights": True,
+    }
