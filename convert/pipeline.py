@@ -196,8 +196,7 @@ def load_run(run_dir: Path, checkpoint_name: str = CHECKPOINT_NAME) -> LoadedRun
 
 def load_records(config: Any) -> tuple[list[Any], dict[str, Any]]:
     """The run's dataset, read with the settings it trained with (as train.train does)."""
-    from train.data import DatasetError
-    from train.train import read_dataset
+    from train.data import DatasetError, read_dataset
 
     try:
         dataset = read_dataset(config)
