@@ -14,7 +14,7 @@ Input and output are int8 because the device quantizes the normalized window its
 the manifest's scale and zero point, so the graph is integer end to end, its edges
 included: no float QUANTIZE/DEQUANTIZE ops, nothing for XNNPACK to hand back.
 
-onnx2tf's quirks (TOOLCHAIN.md), each guarded in `run_onnx2tf`:
+onnx2tf's quirks (docs/toolchain.md), each guarded in `run_onnx2tf`:
 
 - it shells out to the `onnxsim` command and skips simplification when that is not on
   PATH: it runs with this interpreter's `bin/` first on PATH, and refuses to start when

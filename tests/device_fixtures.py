@@ -94,7 +94,7 @@ def write_alsa_file_mic(
 ) -> Path:
     """An ALSA configuration whose default capture (and `device_name`) reads a raw file.
 
-    TOOLCHAIN.md, "Audio I/O without hardware": a `type file` PCM with `infile` under a
+    docs/toolchain.md, "Audio I/O without a sound card": a `type file` PCM with `infile` under a
     `plug`, playback to a null PCM. PyAudio reads the file bit-exact, at once (no real-time
     clock), and returns stale data past its end, so a reader must stop at the file's length.
     With raw_path None the configuration has no microphone at all (only a null device).

@@ -166,7 +166,7 @@ def test_onnx2tf_exiting_0_without_an_expected_file_is_caught(
     out, _ = converted
     # onnx2tf's own int8 route (-oiqt) with calibration windows of the wrong length (3000
     # samples for a 4000-sample input): the quantization fails inside onnx2tf, which
-    # still exits 0 with the int8 files missing (the quirk TOOLCHAIN.md describes).
+    # still exits 0 with the int8 files missing (the quirk docs/toolchain.md describes).
     wrong = tmp_path / "wrong_length.npy"
     np.save(wrong, np.random.default_rng(0).uniform(-1, 1, (300, 3000)).astype(np.float32))
     onnx_path = out / MODEL_FILES["onnx"]

@@ -237,7 +237,7 @@ def test_device_only_venvs_score_like_the_desktop(
     ours = int8_scorer.score_file(path, window_scores=True)
     p_theirs = [w["p_spoof"] for w in theirs["window_scores"]]
     p_ours = [w["p_spoof"] for w in ours["window_scores"]]
-    # TOOLCHAIN.md: int8 kernels may differ by 1 LSB of the output between runtimes; one LSB of
+    # docs/toolchain.md: int8 kernels may differ by 1 LSB of the output between runtimes; one LSB of
     # this model's output (scale ~0.06) moves P(spoof) by at most ~0.015.
     np.testing.assert_allclose(p_theirs, p_ours, atol=0.02)
     assert theirs["decision"] == ours["decision"]
