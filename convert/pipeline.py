@@ -59,6 +59,7 @@ from convert.litert import DelegationReport, delegation_report, measure_latency,
 from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob
 from device.bundle import MANIFEST_NAME, MODEL_FILES, TensorSpec
 from device.runtimes import DEVICE_VENVS, RUNTIMES, runtime_for_module, runtime_label
+from device.scores import spoof_margin
 
 CHECKPOINT_NAME = "best.pt"
 PARITY_JSON = "parity.json"
@@ -856,7 +857,7 @@ def _dev_margins(
         checked = par.prepare_split(
             [dev_records[i] for i in sample], "dev", window_samples, hop_samples, floor_dbfs
         )
-        torch_margins = par.margins(checked.file_logits(torch_logits(run.model, checked.windows)))
+        torch_margins = spoof_margin(checked.file_logits(torch_logits(run.model, checked.windows)))
         diff = float(np.max(np.abs(torch_margins - margins[sample])))
         if diff <= DEV_CHECK_MAX_DIFF:
             return margins, (
@@ -871,7 +872,7 @@ def _dev_margins(
         dev = par.prepare_split(
             dev_records, "dev", window_samples, hop_samples, floor_dbfs, advance
         )
-    return par.margins(dev.file_logits(torch_logits(run.model, dev.windows))), (
+    return spoof_margin(dev.file_logits(torch_logits(run.model, dev.windows))), (
         "PyTorch file scores computed here"
     )
 
