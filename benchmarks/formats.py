@@ -4,6 +4,9 @@ One row of the benchmark table is one (format, runtime, environment, threads). A
 format or a runtime is adding an entry here and, for a new runtime, one loader function in
 `benchmarks.worker`; nothing else branches on names.
 
+Runtimes (module, pip name) and the device venvs come from `device.runtimes`, the one table
+the device, convert and the Arm harness read too; this module adds what the benchmark needs.
+
 Only the standard library: the worker imports this module inside the device venvs too.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from device import runtimes
 
 
 @dataclass(frozen=True)
@@ -64,37 +69,32 @@ FORMATS: dict[str, Format] = {
 }
 
 RUNTIMES: dict[str, Runtime] = {
-    r.key: r
-    for r in (
-        Runtime("torch", "torch", "torch", ("pytorch",)),
-        Runtime("onnxruntime", "onnxruntime", "onnxruntime", ("onnx",)),
-        Runtime(
-            "litert", "ai_edge_litert.interpreter", "ai-edge-litert", ("tflite_fp32", "tflite_int8")
-        ),
-        Runtime(
-            "tflite-runtime",
-            "tflite_runtime.interpreter",
-            "tflite-runtime",
-            ("tflite_fp32", "tflite_int8"),
-        ),
+    r.key: Runtime(
+        r.key,
+        r.module,
+        r.distribution,
+        tuple(f.key for f in FORMATS.values() if set(f.parity_names) & set(r.formats)),
     )
+    for r in runtimes.RUNTIMES.values()
 }
+
+
+def _device_venv(name: str) -> Environment:
+    venv = runtimes.DEVICE_VENVS[name]
+    return Environment(venv.name, venv.name, (venv.runtime,), venv.build_hint)
+
 
 ENVIRONMENTS: tuple[Environment, ...] = (
     # On a Pi with tflite-runtime instead of LiteRT, the current interpreter measures that.
-    Environment("current", None, ("torch", "onnxruntime", "litert"), "", ("tflite-runtime",)),
     Environment(
-        ".venv-device",
-        ".venv-device",
-        ("litert",),
-        "scripts/device-venv.sh device (ai-edge-litert 2.3.0, numpy 2, as on a Pi)",
-    ),
-    Environment(
-        ".venv-tflite",
-        ".venv-tflite",
+        runtimes.CURRENT_ENVIRONMENT,
+        None,
+        ("torch", "onnxruntime", "litert"),
+        "",
         ("tflite-runtime",),
-        "scripts/device-venv.sh tflite (tflite-runtime 2.14, numpy<2)",
     ),
+    _device_venv(".venv-device"),
+    _device_venv(".venv-tflite"),
 )
 """Rows run in this order within a round (the next round runs them in reverse)."""
 

@@ -2,8 +2,10 @@
 
 The benchmark does not re-score the held-out split: the parity gate already did, for every
 format and device venv, on the same eval files. Its `rows` are
-`{"name", "format": torch|onnx|fp32|int8, "runtime", "status", "eer", "agreement", ...}`;
-rows measured in another venv are named "<format> @ <venv>" (e.g. "int8 @ .venv-tflite").
+`{"name", "format": torch|onnx|fp32|int8, "runtime", "distribution", "environment",
+"status", "eer", "agreement", ...}`. Reports written before "distribution" and
+"environment" existed are read from the row name ("int8 @ .venv-tflite") and the runtime
+label ("ai-edge-litert 2.3.0") instead.
 EER is a fraction; agreement is the fraction of eval files whose decision matches PyTorch's.
 
 Only the standard library: this module runs on the Pi.
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from benchmarks.formats import FORMATS
+from device.runtimes import CURRENT_ENVIRONMENT
 
 Accuracy = dict[tuple[str, str, str], dict[str, float | None]]
 """(format key, environment key, runtime distribution) -> {"eer": ..., "agreement": ...}."""
@@ -40,9 +43,13 @@ def accuracy_by_row(report: Any) -> Accuracy:
         format_key = by_parity_name.get(str(row.get("format", "")))
         if format_key is None:
             continue
-        _, sep, venv = str(row.get("name", "")).partition(" @ ")
-        environment = venv.strip() if sep else "current"
-        distribution = str(row.get("runtime", "")).split(" ")[0]  # "ai-edge-litert 2.3.0"
+        environment = row.get("environment")
+        if not isinstance(environment, str):  # an older report
+            _, sep, venv = str(row.get("name", "")).partition(" @ ")
+            environment = venv.strip() if sep else CURRENT_ENVIRONMENT
+        distribution = row.get("distribution")
+        if not isinstance(distribution, str):  # an older report: "ai-edge-litert 2.3.0"
+            distribution = str(row.get("runtime", "")).split(" ")[0]
         out[(format_key, environment, distribution)] = {
             "eer": _number(row, "eer"),
             "agreement": _number(row, "agreement"),

@@ -47,6 +47,7 @@ from benchmarks.pi_estimate import estimate_report
 from benchmarks.worker import RESULT_MARKER
 from device.audio import SAMPLE_RATE, normalize_windows
 from device.bundle import Bundle, BundleError, load_bundle, sha256_of
+from device.scores import p_spoof
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA_VERSION = 1
@@ -555,11 +556,6 @@ def add_agreement_check(rows: list[dict[str, Any]]) -> None:
     )
     if reference is None:
         return
-
-    def p_spoof(logits: list[list[float]]) -> np.ndarray:
-        x = np.asarray(logits, dtype=np.float64)
-        x = x - x.max(axis=1, keepdims=True)
-        return np.exp(x[:, 1]) / np.exp(x).sum(axis=1)
 
     ref = p_spoof(reference["logits"])
     for r in ok:

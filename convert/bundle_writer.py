@@ -1,7 +1,8 @@
 """Write the bundle's manifest.json, and check it the way the device will read it.
 
 The manifest is built as a plain dict in the shape `device.bundle.manifest_from_dict`
-parses, written, then read back through `device.bundle.load_bundle` (sha256 and sizes)
+parses (file entries by `device.bundle.file_entry_to_dict`, the device's own serializer),
+written, then read back through `device.bundle.load_bundle` (sha256 and sizes)
 and each TFLite file's declared tensors compared with the interpreter's own details
 (`device.bundle.check_tensor_details`): a bundle this module writes is one the device
 accepts, or the conversion fails here.
@@ -14,24 +15,23 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from device.audio import NORMALIZATION_RULE, SAMPLE_RATE
 from device.bundle import (
-    FILE_AGGREGATION,
     FORMAT_VERSION,
-    LABELS,
     MANIFEST_NAME,
     MODEL_FILES,
-    SCORE_DEFINITION,
+    FileEntry,
     TensorSpec,
     check_tensor_details,
+    file_entry_to_dict,
     load_bundle,
     manifest_from_dict,
     sha256_of,
 )
+from device.scores import FILE_AGGREGATION, LABELS, SCORE_DEFINITION
 
 TOOL_PACKAGES = (
     "torch",
@@ -58,12 +58,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def tensor_dict(spec: TensorSpec) -> dict[str, Any]:
-    out = asdict(spec)
-    out["shape"] = list(spec.shape)
-    return out
-
-
 def file_entry(
     path: Path,
     *,
@@ -71,14 +65,16 @@ def file_entry(
     inputs: Sequence[TensorSpec] = (),
     outputs: Sequence[TensorSpec] = (),
 ) -> dict[str, Any]:
-    entry: dict[str, Any] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
-    if precision:
-        entry["precision"] = precision
-    if inputs:
-        entry["inputs"] = [tensor_dict(t) for t in inputs]
-    if outputs:
-        entry["outputs"] = [tensor_dict(t) for t in outputs]
-    return entry
+    """The manifest entry of one bundle file (device.bundle's own serializer)."""
+    return file_entry_to_dict(
+        FileEntry(
+            sha256=sha256_of(path),
+            bytes=path.stat().st_size,
+            inputs=tuple(inputs),
+            outputs=tuple(outputs),
+            precision=precision,
+        )
+    )
 
 
 def build_manifest(

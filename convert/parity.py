@@ -2,8 +2,8 @@
 
 Each eval file is decoded and cut once (`train.scoring.prepare_file`: the device front
 end, silent windows dropped). Every format then computes the logits of every window, and
-the file score follows the one rule of `train.scoring.aggregate` (mean of the window
-logits, softmax). Rows:
+the file score follows the one rule of `device.scores` (mean of the window logits,
+softmax; thresholds and EERs on the spoof logit margin). Rows:
 
     torch                      the reference
     onnx                       onnxruntime, batch-1 graph
@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS
+from device.runtimes import CURRENT_ENVIRONMENT, DEVICE_VENVS
+from device.scores import p_spoof, p_spoof_from_margin, spoof_margin
 from train.data.records import BONAFIDE_ATTACK, Record
 from train.metrics import compute_eer, error_rates, per_attack_eer
 from train.scoring import PreparedFile, aggregate, prepare_file
@@ -45,16 +47,14 @@ INT8_MIN_AGREEMENT = 0.99
 INT8_MAX_EER_DELTA = 0.01
 FLOAT_MAX_LOGIT_DIFF = 1e-4
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DEVICE_VENVS = (".venv-tflite", ".venv-device")
-"""tflite-runtime 2.14: a different build with its own known faults (TOOLCHAIN.md); LiteRT
-2.3: the Pi's pinned version (benchmarks take the accuracy columns of its rows from here)."""
-DEVICE_VENV_FORMATS = {".venv-tflite": ("fp32", "int8"), ".venv-device": ("int8",)}
-"""Formats scored in each device venv: every shipped TFLite file on tflite-runtime; int8,
-the device's default format, on LiteRT 2.3 (its fp32 kernels are LiteRT 2.1's)."""
+DEFAULT_DEVICE_VENVS = tuple(DEVICE_VENVS)
+"""Every device venv of `device.runtimes.DEVICE_VENVS` (what each holds and scores is there)."""
 
 
 def device_venv_formats(venv: str) -> tuple[str, ...]:
-    return DEVICE_VENV_FORMATS.get(Path(venv).name, ("fp32", "int8"))
+    """The formats scored in a device venv; both TFLite files for a venv not in the table."""
+    known = DEVICE_VENVS.get(Path(venv).name)
+    return known.parity_formats if known else ("fp32", "int8")
 
 
 WORKER_TIMEOUT_S = 600.0
@@ -129,26 +129,6 @@ def prepare_split(
 # --------------------------------------------------------------------------- scores
 
 
-def margins(file_logits: np.ndarray) -> np.ndarray:
-    """logit_spoof - logit_bonafide: ranks files like P(spoof), without saturating at 0 or 1."""
-    file_logits = np.asarray(file_logits, dtype=np.float64)
-    return file_logits[:, 1] - file_logits[:, 0]
-
-
-def p_spoof(file_logits: np.ndarray) -> np.ndarray:
-    """softmax(file logits)[1], float64 (the same value as train.scoring.p_spoof per file)."""
-    m = margins(file_logits)
-    return 1.0 / (1.0 + np.exp(-m))
-
-
-def sigmoid(x: float) -> float:
-    if x == math.inf:
-        return 1.0
-    if x == -math.inf:
-        return 0.0
-    return float(1.0 / (1.0 + math.exp(-x))) if x > -700 else 0.0
-
-
 @dataclass(frozen=True)
 class Thresholds:
     """Chosen on the dev split from PyTorch's file scores."""
@@ -190,7 +170,7 @@ def choose_thresholds(
     file_logits: np.ndarray, labels: np.ndarray, far_target: float = 0.01
 ) -> Thresholds:
     """Thresholds from dev file logits; see `thresholds_from_margins`."""
-    return thresholds_from_margins(margins(file_logits), labels, far_target)
+    return thresholds_from_margins(spoof_margin(file_logits), labels, far_target)
 
 
 def thresholds_from_margins(
@@ -213,10 +193,10 @@ def thresholds_from_margins(
     return Thresholds(
         eer=float(eer.eer),
         eer_margin=eer_margin,
-        eer_p_spoof=sigmoid(eer_margin),
+        eer_p_spoof=float(p_spoof_from_margin(eer_margin)),
         far_target=float(far_target),
         far_margin=far_margin,
-        far_p_spoof=sigmoid(far_margin),
+        far_p_spoof=float(p_spoof_from_margin(far_margin)),
         far_achieved=float(rejection[far_index]),
         far_spoof_acceptance=float(acceptance[far_index]),
         files=len(labels),
@@ -232,7 +212,9 @@ class Row:
 
     name: str
     format: str  # torch | onnx | fp32 | int8
-    runtime: str
+    runtime: str  # label: pip name and version ("ai-edge-litert 2.3.0"); "-" when it did not run
+    distribution: str  # pip name of the runtime (device.runtimes), known even when skipped
+    environment: str = CURRENT_ENVIRONMENT  # or the device venv it ran in (".venv-tflite")
     status: str = "ok"  # ok | skipped | failed
     reason: str = ""
     window_logits: np.ndarray | None = None
@@ -248,7 +230,7 @@ def compute_row_metrics(
     for item in (row, reference):
         if item.file_logits is None or item.window_logits is None:
             raise ValueError(f"row {item.name!r} has no scores ({item.status}: {item.reason})")
-    m = margins(row.file_logits)
+    m = spoof_margin(row.file_logits)
     p = p_spoof(row.file_logits)
     p_ref = p_spoof(reference.file_logits)
     decisions = p >= threshold_p_spoof

@@ -58,6 +58,8 @@ from convert.export import (
 from convert.litert import DelegationReport, delegation_report, measure_latency, tensor_specs
 from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob
 from device.bundle import MANIFEST_NAME, MODEL_FILES, TensorSpec
+from device.runtimes import DEVICE_VENVS, RUNTIMES, runtime_for_module, runtime_label
+from device.scores import spoof_margin
 
 CHECKPOINT_NAME = "best.pt"
 PARITY_JSON = "parity.json"
@@ -195,8 +197,7 @@ def load_run(run_dir: Path, checkpoint_name: str = CHECKPOINT_NAME) -> LoadedRun
 
 def load_records(config: Any) -> tuple[list[Any], dict[str, Any]]:
     """The run's dataset, read with the settings it trained with (as train.train does)."""
-    from train.data import DatasetError
-    from train.train import read_dataset
+    from train.data import DatasetError, read_dataset
 
     try:
         dataset = read_dataset(config)
@@ -276,12 +277,15 @@ def _check_tflite_io(name: str, specs: tuple, window_samples: int, dtype: str) -
         raise ConversionError(f"{name}: unexpected tensor layout: " + "; ".join(problems))
 
 
-def _runtime_label(module: str, version: str) -> str:
-    package = {
-        "ai_edge_litert.interpreter": "ai-edge-litert",
-        "tflite_runtime.interpreter": "tflite-runtime",
-    }.get(module, module)
-    return f"{package} {version}".strip()
+def _distribution(module: str) -> str:
+    """The pip name of a runtime module (the module itself if device.runtimes lacks it)."""
+    runtime = runtime_for_module(module)
+    return runtime.distribution if runtime else module
+
+
+def _venv_distribution(venv: str) -> str:
+    known = DEVICE_VENVS.get(Path(venv).name)
+    return RUNTIMES[known.runtime].distribution if known else "-"
 
 
 # --------------------------------------------------------------------------- the run
@@ -408,11 +412,11 @@ class _Conversion:
             )
         windows = self.evaluation.windows
         self.reference = self._timed_row(
-            par.Row("torch", "torch", f"torch {torch.__version__}"),
+            par.Row("torch", "torch", f"torch {torch.__version__}", "torch"),
             lambda: torch_logits(self.run.model, windows),
         )
         self._timed_row(
-            par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}"),
+            par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}", "onnxruntime"),
             lambda: OnnxRuntimePredictor(self.onnx_path)(windows),
         )
 
@@ -520,7 +524,9 @@ class _Conversion:
                     num_threads=self.settings.num_threads,
                 ).start()
             except FileNotFoundError:
-                pending.append((venv, None, f"not built (make {_venv_target(venv)})"))
+                known = DEVICE_VENVS.get(Path(venv).name)
+                target = known.make_target if known else "install"
+                pending.append((venv, None, f"not built (make {target})"))
                 continue
             except OSError as error:
                 pending.append((venv, None, f"failed to start: {error}"))
@@ -529,9 +535,14 @@ class _Conversion:
             self.venv_jobs.append(job)
         for model_format in ("fp32", "int8"):
             scorer = Scorer(self.staging, model_format, num_threads=self.settings.num_threads)
-            runtime = _runtime_label(scorer.runtime.module, scorer.runtime.version)
+            module = scorer.runtime.module
             self._timed_row(
-                par.Row(model_format, model_format, runtime),
+                par.Row(
+                    model_format,
+                    model_format,
+                    runtime_label(module, scorer.runtime.version),
+                    _distribution(module),
+                ),
                 lambda scorer=scorer: scorer.score_windows(self.evaluation.windows),
             )
         for venv, job, problem in pending:
@@ -543,7 +554,15 @@ class _Conversion:
             status = "skipped" if problem.startswith("not built") else "failed"
             self.log(f"           {venv}: {status}: {problem}")
             self.rows.extend(
-                par.Row(name, fmt, "-", status=status, reason=f"{venv} {problem}")
+                par.Row(
+                    name,
+                    fmt,
+                    "-",
+                    _venv_distribution(venv),
+                    environment=venv,
+                    status=status,
+                    reason=f"{venv} {problem}",
+                )
                 for fmt, name in names.items()
             )
             return
@@ -553,14 +572,29 @@ class _Conversion:
             reason = str(error).strip().splitlines()[-1][:300]
             self.log(f"           {venv}: failed: {error}")
             self.rows.extend(
-                par.Row(name, fmt, "-", status="failed", reason=reason)
+                par.Row(
+                    name,
+                    fmt,
+                    "-",
+                    _venv_distribution(venv),
+                    environment=venv,
+                    status="failed",
+                    reason=reason,
+                )
                 for fmt, name in names.items()
             )
             return
-        runtime = _runtime_label(info["runtime"], info["runtime_version"])
+        runtime = runtime_label(info["runtime"], info["runtime_version"])
         self.log(f"           {venv}: {runtime}, numpy {info['numpy']}, {job.seconds:.1f} s")
         for model_format, name in names.items():
-            row = par.Row(name, model_format, runtime, seconds=job.seconds)
+            row = par.Row(
+                name,
+                model_format,
+                runtime,
+                _distribution(info["runtime"]),
+                environment=venv,
+                seconds=job.seconds,
+            )
             row.window_logits = logits[model_format]
             self.rows.append(row)
 
@@ -584,6 +618,8 @@ class _Conversion:
                     "name": r.name,
                     "format": r.format,
                     "runtime": r.runtime,
+                    "distribution": r.distribution,
+                    "environment": r.environment,
                     "status": r.status,
                     "reason": r.reason,
                     "seconds": round(r.seconds, 3),
@@ -821,7 +857,7 @@ def _dev_margins(
         checked = par.prepare_split(
             [dev_records[i] for i in sample], "dev", window_samples, hop_samples, floor_dbfs
         )
-        torch_margins = par.margins(checked.file_logits(torch_logits(run.model, checked.windows)))
+        torch_margins = spoof_margin(checked.file_logits(torch_logits(run.model, checked.windows)))
         diff = float(np.max(np.abs(torch_margins - margins[sample])))
         if diff <= DEV_CHECK_MAX_DIFF:
             return margins, (
@@ -836,7 +872,7 @@ def _dev_margins(
         dev = par.prepare_split(
             dev_records, "dev", window_samples, hop_samples, floor_dbfs, advance
         )
-    return par.margins(dev.file_logits(torch_logits(run.model, dev.windows))), (
+    return spoof_margin(dev.file_logits(torch_logits(run.model, dev.windows))), (
         "PyTorch file scores computed here"
     )
 
@@ -855,10 +891,6 @@ def _read_score_file(path: Path) -> dict[str, float] | None:
         except ValueError:
             return None
     return out
-
-
-def _venv_target(venv: str) -> str:
-    return {".venv-tflite": "tflite-venv", ".venv-device": "device-venv"}.get(venv, "install")
 
 
 def _sha256(path: Path) -> str:

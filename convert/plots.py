@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from convert.parity import Row, margins, p_spoof
+from convert.parity import Row
+from device.scores import p_spoof, spoof_margin
 from train.plots import plot_det, plot_histograms
 
 AGREEMENT_PLOT = "score_agreement.png"
@@ -74,7 +75,7 @@ def write_plots(
     if path.is_file():
         written.append(path)
     curves = {
-        row.name: (margins(row.file_logits), labels)
+        row.name: (spoof_margin(row.file_logits), labels)
         for row in rows
         if row.status == "ok" and row.file_logits is not None
     }
@@ -85,7 +86,7 @@ def write_plots(
     if int8 is not None and int8.file_logits is not None:
         path = plots_dir / HISTOGRAM_PLOT
         plot_histograms(
-            margins(int8.file_logits),
+            spoof_margin(int8.file_logits),
             labels,
             path,
             threshold=threshold_margin if math.isfinite(threshold_margin) else None,

@@ -14,7 +14,7 @@ Input and output are int8 because the device quantizes the normalized window its
 the manifest's scale and zero point, so the graph is integer end to end, its edges
 included: no float QUANTIZE/DEQUANTIZE ops, nothing for XNNPACK to hand back.
 
-onnx2tf's quirks (TOOLCHAIN.md), each guarded in `run_onnx2tf`:
+onnx2tf's quirks (docs/toolchain.md), each guarded in `run_onnx2tf`:
 
 - it shells out to the `onnxsim` command and skips simplification when that is not on
   PATH: it runs with this interpreter's `bin/` first on PATH, and refuses to start when
@@ -43,10 +43,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from convert.errors import ConversionError
+from convert.int8 import configure_full_int8, converter_settings
 
 ONNX2TF_FLOAT32_SUFFIX = "_float32.tflite"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -70,7 +72,7 @@ class TfliteConversion:
     onnx2tf_seconds: float
     quantize_seconds: float
     onnx2tf_arguments: tuple[str, ...]
-    quantization: str
+    quantization: dict[str, Any]  # the int8 converter settings that ran (convert.int8)
     input_dtype: str
     output_dtype: str
 
@@ -204,30 +206,30 @@ def run_onnx2tf(
 # --------------------------------------------------------------------------- int8
 
 
-QUANTIZATION = (
-    "full integer: TFLiteConverter.from_saved_model(onnx2tf's SavedModel), Optimize.DEFAULT, "
-    "per-channel weights, TFLITE_BUILTINS_INT8 only, int8 input and output, representative "
-    "dataset = the calibration windows (mean 0, std 1: unchanged)"
-)
+def quantize_int8(
+    saved_model_dir: Path, calibration: np.ndarray, out_path: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Full-integer int8 TFLite from a SavedModel, calibrated on `calibration` windows.
 
-
-def quantize_int8(saved_model_dir: Path, calibration: np.ndarray, out_path: Path) -> Path:
-    """Full-integer int8 TFLite from a SavedModel, calibrated on `calibration` windows."""
+    Returns the file and the settings the converter ran with (`convert.int8`), as the manifest
+    records them: the converter, the settings read back from it, and the calibration size.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
 
     def representative():
         for window in calibration:
             yield [np.ascontiguousarray(window[None, :], dtype=np.float32)]
 
-    converter.representative_dataset = representative
+    configure_full_int8(converter, representative)
     out_path.write_bytes(converter.convert())
-    return out_path
+    settings = {
+        "converter": "tf.lite.TFLiteConverter.from_saved_model (onnx2tf's SavedModel)",
+        **converter_settings(converter),
+        "calibration_windows": int(calibration.shape[0]),
+    }
+    return out_path, settings
 
 
 def _build(onnx_path: Path, calibration_path: Path, work_dir: Path, timeout_s: float) -> dict:
@@ -238,12 +240,15 @@ def _build(onnx_path: Path, calibration_path: Path, work_dir: Path, timeout_s: f
     onnx2tf_seconds = time.perf_counter() - started
     started = time.perf_counter()
     calibration = np.load(calibration_path)
-    int8_path = quantize_int8(written[SAVED_MODEL_FILE].parent, calibration, work_dir / INT8_FILE)
+    int8_path, int8_settings = quantize_int8(
+        written[SAVED_MODEL_FILE].parent, calibration, work_dir / INT8_FILE
+    )
     result = {
         "float32": str(written[ONNX2TF_FLOAT32_SUFFIX]),
         "int8": str(int8_path),
         "onnx2tf_seconds": onnx2tf_seconds,
         "quantize_seconds": time.perf_counter() - started,
+        "int8_settings": int8_settings,
     }
     (work_dir / "result.json").write_text(json.dumps(result))
     return result
@@ -373,7 +378,7 @@ class Onnx2tfJob:
             onnx2tf_seconds=float(result["onnx2tf_seconds"]),
             quantize_seconds=float(result["quantize_seconds"]),
             onnx2tf_arguments=("-i", "model.onnx", "-o", "onnx2tf"),
-            quantization=QUANTIZATION,
+            quantization=dict(result["int8_settings"]),
             input_dtype=IO_DTYPE_INT8,
             output_dtype=IO_DTYPE_INT8,
         )

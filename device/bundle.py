@@ -20,14 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from device.scores import LABELS
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-LABELS = ("bonafide", "spoof")
-SCORE_DEFINITION = "P(spoof) = softmax(logits)[1], in [0, 1]; higher = more likely spoofed"
-FILE_AGGREGATION = (
-    "mean of the logits of the file's non-silent windows (all windows if every one is "
-    "silent), then softmax; a file whose every window is silent is reported as silence"
-)
 MODEL_FILES = {"onnx": "model.onnx", "fp32": "model_fp32.tflite", "int8": "model_int8.tflite"}
 """Model format name -> file name inside a bundle."""
 
@@ -216,7 +212,14 @@ def _tensor(data: Any, where: str, source: str) -> TensorSpec:
     )
 
 
+_CONTRACT_KEYS = frozenset(
+    {"format_version", "model", "audio", "labels", "score", "threshold", "files", "data", "tools"}
+)
+"""Top-level manifest keys with a Manifest field; any other key is kept in Manifest.extra."""
+
+
 def manifest_from_dict(data: Any, source: str = MANIFEST_NAME) -> Manifest:
+    """Parse and check a manifest dict; every error names the source and the field."""
     r = _Reader(data, "", source)
     version = r.get("format_version", int)
     if version != FORMAT_VERSION:
@@ -229,59 +232,12 @@ def manifest_from_dict(data: Any, source: str = MANIFEST_NAME) -> Manifest:
     score = r.child("score")
     threshold = r.child("threshold")
     files_reader = r.child("files")
-    files: dict[str, FileEntry] = {}
-    for name, entry in files_reader.data.items():
-        fr = files_reader.child(name)
-        files[name] = FileEntry(
-            sha256=fr.get("sha256", str),
-            bytes=fr.get("bytes", int),
-            inputs=tuple(
-                _tensor(t, f"files.{name}.inputs[{i}]", source)
-                for i, t in enumerate(entry.get("inputs", []))
-            ),
-            outputs=tuple(
-                _tensor(t, f"files.{name}.outputs[{i}]", source)
-                for i, t in enumerate(entry.get("outputs", []))
-            ),
-            precision=str(entry.get("precision", "")),
-        )
+    files = {name: _file_entry(files_reader.child(name)) for name in files_reader.data}
     labels = tuple(r.get("labels", list))
     if labels != LABELS:
         raise BundleError(f"{source}: labels should be {list(LABELS)}, got {list(labels)}")
-    settings = AudioSettings(
-        sample_rate=audio.get("sample_rate", int),
-        window_samples=audio.get("window_samples", int),
-        hop_samples=audio.get("hop_samples", int),
-        normalization=audio.get("normalization", str),
-        silence_floor_dbfs=audio.get("silence_floor_dbfs", float),
-    )
-    if settings.window_samples <= 0 or settings.hop_samples <= 0:
-        raise BundleError(
-            f"{source}: audio.window_samples and audio.hop_samples must be positive, got "
-            f"{settings.window_samples} and {settings.hop_samples}"
-        )
-    thr = Threshold(
-        value=threshold.get("value", float),
-        method=threshold.get("method", str),
-        eer_dev=threshold.get("eer_dev", float),
-        far_target=threshold.get("far_target", float),
-        far_target_value=threshold.get("far_target_value", float),
-    )
-    if not 0.0 <= thr.value <= 1.0:
-        raise BundleError(
-            f"{source}: threshold.value must be a P(spoof) in [0, 1], got {thr.value}"
-        )
-    known = {
-        "format_version",
-        "model",
-        "audio",
-        "labels",
-        "score",
-        "threshold",
-        "files",
-        "data",
-        "tools",
-    }
+    settings = _audio_settings(audio)
+    thr = _threshold(threshold)
     return Manifest(
         format_version=version,
         model_name=model.get("name", str),
@@ -295,14 +251,73 @@ def manifest_from_dict(data: Any, source: str = MANIFEST_NAME) -> Manifest:
         files=files,
         data=dict(data.get("data", {})),
         tools=dict(data.get("tools", {})),
-        extra={k: v for k, v in data.items() if k not in known} | {"model": dict(model.data)},
+        extra={k: v for k, v in data.items() if k not in _CONTRACT_KEYS}
+        | {"model": dict(model.data)},
     )
 
 
-def _tensor_dict(spec: TensorSpec) -> dict[str, Any]:
+def _file_entry(r: _Reader) -> FileEntry:
+    def tensors(key: str) -> tuple[TensorSpec, ...]:
+        items = r.data.get(key, [])
+        return tuple(_tensor(t, f"{r.where}.{key}[{i}]", r.source) for i, t in enumerate(items))
+
+    return FileEntry(
+        sha256=r.get("sha256", str),
+        bytes=r.get("bytes", int),
+        inputs=tensors("inputs"),
+        outputs=tensors("outputs"),
+        precision=str(r.data.get("precision", "")),
+    )
+
+
+def _audio_settings(audio: _Reader) -> AudioSettings:
+    settings = AudioSettings(
+        sample_rate=audio.get("sample_rate", int),
+        window_samples=audio.get("window_samples", int),
+        hop_samples=audio.get("hop_samples", int),
+        normalization=audio.get("normalization", str),
+        silence_floor_dbfs=audio.get("silence_floor_dbfs", float),
+    )
+    if settings.window_samples <= 0 or settings.hop_samples <= 0:
+        raise BundleError(
+            f"{audio.source}: audio.window_samples and audio.hop_samples must be positive, got "
+            f"{settings.window_samples} and {settings.hop_samples}"
+        )
+    return settings
+
+
+def _threshold(threshold: _Reader) -> Threshold:
+    thr = Threshold(
+        value=threshold.get("value", float),
+        method=threshold.get("method", str),
+        eer_dev=threshold.get("eer_dev", float),
+        far_target=threshold.get("far_target", float),
+        far_target_value=threshold.get("far_target_value", float),
+    )
+    if not 0.0 <= thr.value <= 1.0:
+        raise BundleError(
+            f"{threshold.source}: threshold.value must be a P(spoof) in [0, 1], got {thr.value}"
+        )
+    return thr
+
+
+def tensor_to_dict(spec: TensorSpec) -> dict[str, Any]:
+    """A tensor spec as the manifest stores it (the inverse of the parser's reading)."""
     out = asdict(spec)
     out["shape"] = list(spec.shape)
     return out
+
+
+def file_entry_to_dict(entry: FileEntry) -> dict[str, Any]:
+    """A file entry as the manifest stores it: empty precision and tensor lists are left out."""
+    item: dict[str, Any] = {"sha256": entry.sha256, "bytes": entry.bytes}
+    if entry.precision:
+        item["precision"] = entry.precision
+    if entry.inputs:
+        item["inputs"] = [tensor_to_dict(t) for t in entry.inputs]
+    if entry.outputs:
+        item["outputs"] = [tensor_to_dict(t) for t in entry.outputs]
+    return item
 
 
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
@@ -312,16 +327,7 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
         parameters=manifest.parameters,
         macs_per_window=manifest.macs_per_window,
     )
-    files = {}
-    for name, entry in manifest.files.items():
-        item: dict[str, Any] = {"sha256": entry.sha256, "bytes": entry.bytes}
-        if entry.precision:
-            item["precision"] = entry.precision
-        if entry.inputs:
-            item["inputs"] = [_tensor_dict(t) for t in entry.inputs]
-        if entry.outputs:
-            item["outputs"] = [_tensor_dict(t) for t in entry.outputs]
-        files[name] = item
+    files = {name: file_entry_to_dict(entry) for name, entry in manifest.files.items()}
     out = {k: v for k, v in manifest.extra.items() if k != "model"}
     out.update(
         format_version=manifest.format_version,

@@ -29,24 +29,25 @@ import numpy as np
 
 from device.audio import NORMALIZATION_RULE, SAMPLE_RATE, Windows, windows_from_file
 from device.bundle import (
-    FILE_AGGREGATION,
-    LABELS,
     Bundle,
     BundleError,
     Manifest,
     check_tensor_details,
     load_bundle,
 )
+from device.runtimes import INTERPRETERS, RUNTIMES
+from device.scores import FILE_AGGREGATION, LABELS, file_logits, p_spoof, select_windows
+
+softmax_spoof = p_spoof
+"""Old name of `device.scores.p_spoof`, still imported by device.stream."""
 
 MODEL_FORMATS = ("int8", "fp32")
 """Formats the device runs. int8 is the default: full-integer, what the Pi is meant to run."""
 
 DECISIONS = ("bonafide", "spoof", "silence")
 
-_RUNTIMES = (
-    ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    ("tflite_runtime.interpreter", "tflite-runtime"),
-)
+_RUNTIMES = tuple((RUNTIMES[key].module, RUNTIMES[key].distribution) for key in INTERPRETERS)
+"""(module, pip name) of each interpreter, in the order tried (the table is device.runtimes)."""
 
 
 class InterpreterUnavailableError(ImportError):
@@ -82,14 +83,6 @@ def find_interpreter() -> InterpreterRuntime:
     )
 
 
-def softmax_spoof(logits: np.ndarray) -> np.ndarray:
-    """P(spoof) of each row of (n, 2) logits, computed stably in float64."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp[..., 1] / exp.sum(axis=-1)
-
-
 def check_manifest_supported(manifest: Manifest, source: str) -> None:
     """Refuse a bundle whose front end or aggregation differs from what this runtime computes."""
     audio = manifest.audio
@@ -113,7 +106,7 @@ def check_manifest_supported(manifest: Manifest, source: str) -> None:
 
 
 def aggregate(logits: np.ndarray, silent: np.ndarray, threshold: float) -> tuple[float, str]:
-    """The manifest's file rule: mean logits of non-silent windows, softmax; all silent -> silence."""
+    """The manifest's file rule (`device.scores`) and the decision: all silent -> silence."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1, 2)
     silent = np.asarray(silent, dtype=bool).reshape(-1)
     if logits.shape[0] != silent.shape[0] or logits.shape[0] == 0:
@@ -121,10 +114,9 @@ def aggregate(logits: np.ndarray, silent: np.ndarray, threshold: float) -> tuple
             f"expected one silence flag per window and at least one window, got "
             f"{logits.shape[0]} windows and {silent.shape[0]} flags"
         )
+    score = float(p_spoof(file_logits(logits[select_windows(silent)])))
     if silent.all():
-        score = float(softmax_spoof(logits.mean(axis=0))[()])
         return score, "silence"
-    score = float(softmax_spoof(logits[~silent].mean(axis=0))[()])
     return score, "spoof" if score >= threshold else "bonafide"
 
 
@@ -281,14 +273,16 @@ class Scorer:
             "duration_s": round(windows.duration_s, 6),
         }
         if window_scores:
-            p_spoof = softmax_spoof(logits)
+            window_p_spoof = p_spoof(logits)
             result["window_scores"] = [
                 {
                     "start_s": round(int(start) / SAMPLE_RATE, 6),
                     "p_spoof": float(p),
                     "silent": bool(silent),
                 }
-                for start, p, silent in zip(windows.starts, p_spoof, windows.silent, strict=True)
+                for start, p, silent in zip(
+                    windows.starts, window_p_spoof, windows.silent, strict=True
+                )
             ]
         return result
 

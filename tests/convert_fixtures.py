@@ -131,6 +131,8 @@ def write_tiny_tflite_pair(directory: Path, window_samples: int = 400) -> tuple[
     """
     import tensorflow as tf
 
+    from convert.int8 import configure_full_int8
+
     rng = np.random.default_rng(0)
     w1 = tf.constant(rng.standard_normal((window_samples, 16)).astype(np.float32) * 0.05)
     w2 = tf.constant(rng.standard_normal((16, 2)).astype(np.float32))
@@ -153,11 +155,7 @@ def write_tiny_tflite_pair(directory: Path, window_samples: int = 400) -> tuple[
             yield [window / np.max(np.abs(window))]
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    configure_full_int8(converter, representative)
     int8 = directory / "tiny_int8.tflite"
     int8.write_bytes(converter.convert())
     return fp32, int8

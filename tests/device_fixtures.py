@@ -10,7 +10,7 @@ which is what the stream tests need to drive decisions for real.
 
 TensorFlow runs in a subprocess (`python -m tests.device_fixtures OUT_DIR`) so the test
 process never imports it, and the built bundle is cached under pytest's cache directory,
-keyed by the hash of this file and device/bundle.py.
+keyed by the hash of this file, device/bundle.py and convert/int8.py (the int8 settings).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def write_alsa_file_mic(
 ) -> Path:
     """An ALSA configuration whose default capture (and `device_name`) reads a raw file.
 
-    TOOLCHAIN.md, "Audio I/O without hardware": a `type file` PCM with `infile` under a
+    docs/toolchain.md, "Audio I/O without a sound card": a `type file` PCM with `infile` under a
     `plug`, playback to a null PCM. PyAudio reads the file bit-exact, at once (no real-time
     clock), and returns stale data past its end, so a reader must stop at the file's length.
     With raw_path None the configuration has no microphone at all (only a null device).
@@ -129,7 +129,7 @@ pcm.{device_name} {{
 
 def fixture_key() -> str:
     digest = hashlib.sha256()
-    for path in (Path(__file__), REPO / "device" / "bundle.py"):
+    for path in (Path(__file__), REPO / "device" / "bundle.py", REPO / "convert" / "int8.py"):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -155,12 +155,10 @@ def build_bundle(out_dir: Path) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
+    from convert.int8 import configure_full_int8
     from device.audio import NORMALIZATION_RULE, SAMPLE_RATE
     from device.bundle import (
-        FILE_AGGREGATION,
-        LABELS,
         MANIFEST_NAME,
-        SCORE_DEFINITION,
         AudioSettings,
         FileEntry,
         Manifest,
@@ -169,6 +167,7 @@ def build_bundle(out_dir: Path) -> Path:
         manifest_to_dict,
         sha256_of,
     )
+    from device.scores import FILE_AGGREGATION, LABELS, SCORE_DEFINITION
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Conv1D kernel (taps, in, filters): x[n+1]-x[n], x[n]-x[n+1], x[n+1]+x[n], -(x[n+1]+x[n]).
@@ -205,11 +204,7 @@ def build_bundle(out_dir: Path) -> Path:
     (out_dir / "model_fp32.tflite").write_bytes(converter.convert())
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    configure_full_int8(converter, representative)
     (out_dir / "model_int8.tflite").write_bytes(converter.convert())
 
     from ai_edge_litert.interpreter import Interpreter

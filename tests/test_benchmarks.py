@@ -38,20 +38,33 @@ QUICK = ["--rounds", "1", "--seconds-per-row", "0.15", "--warmup-s", "0.05", "--
 PARITY = {  # the shape convert/pipeline.py writes
     "passed": True,
     "rows": [
-        {"name": "torch", "format": "torch", "runtime": "torch 2.13.0+cpu", "status": "ok",
+        {"name": "torch", "format": "torch", "runtime": "torch 2.13.0+cpu",
+         "distribution": "torch", "environment": "current", "status": "ok",
          "eer": 0.05, "agreement": 1.0},
-        {"name": "onnx", "format": "onnx", "runtime": "onnxruntime 1.23.0", "status": "ok",
+        {"name": "onnx", "format": "onnx", "runtime": "onnxruntime 1.23.0",
+         "distribution": "onnxruntime", "environment": "current", "status": "ok",
          "eer": 0.05, "agreement": 1.0},
-        {"name": "fp32", "format": "fp32", "runtime": "ai-edge-litert 2.1.0", "status": "ok",
+        {"name": "fp32", "format": "fp32", "runtime": "ai-edge-litert 2.1.0",
+         "distribution": "ai-edge-litert", "environment": "current", "status": "ok",
          "eer": 0.05, "agreement": 1.0},
-        {"name": "int8", "format": "int8", "runtime": "ai-edge-litert 2.1.0", "status": "ok",
+        {"name": "int8", "format": "int8", "runtime": "ai-edge-litert 2.1.0",
+         "distribution": "ai-edge-litert", "environment": "current", "status": "ok",
          "eer": 0.0625, "agreement": 0.97},
         {"name": "int8 @ .venv-device", "format": "int8", "runtime": "ai-edge-litert 2.3.0",
+         "distribution": "ai-edge-litert", "environment": ".venv-device",
          "status": "ok", "eer": 0.0625, "agreement": 0.96},
-        {"name": "int8 @ .venv-tflite", "format": "int8", "runtime": "-", "status": "skipped",
+        {"name": "int8 @ .venv-tflite", "format": "int8", "runtime": "-",
+         "distribution": "tflite-runtime", "environment": ".venv-tflite", "status": "skipped",
          "reason": ".venv-tflite not built"},
     ],
 }  # fmt: skip
+PARITY_WITHOUT_FIELDS = {  # a report written before rows had "distribution"/"environment"
+    **PARITY,
+    "rows": [
+        {k: v for k, v in row.items() if k not in ("distribution", "environment")}
+        for row in PARITY["rows"]
+    ],
+}
 
 
 @pytest.fixture(scope="session")
@@ -538,6 +551,14 @@ def test_accuracy_is_read_from_the_parity_report_per_format_environment_and_runt
     assert accuracy_for(accuracy, "tflite_int8", ".venv-tflite", "tflite-runtime") == {}
     assert accuracy_for(accuracy, "tflite_int8", "current", "tflite-runtime") == {}
     assert accuracy_by_row(["not", "a", "report"]) == {}
+
+
+def test_parity_rows_are_joined_by_their_fields_and_old_reports_by_their_names() -> None:
+    assert accuracy_by_row(PARITY_WITHOUT_FIELDS) == accuracy_by_row(PARITY)
+    renamed = {**PARITY["rows"][4], "name": "int8 on the Pi's LiteRT"}  # the name is a label
+    assert accuracy_by_row({"rows": [renamed]}) == {
+        ("tflite_int8", ".venv-device", "ai-edge-litert"): {"eer": 0.0625, "agreement": 0.96}
+    }
 
 
 def test_a_saved_report_renders_again(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ the device venvs when they are built). Then:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ import pytest
 from convert.calibrate import CalibrationSet, draw_calibration_windows
 from convert.cli import EXIT_PASSED, main
 from convert.errors import ConversionError
+from convert.parity import device_venv_python
 from convert.pipeline import ConvertSettings, convert_run, load_records, load_run
 from convert.tflite import run_onnx2tf
 from device.bundle import MANIFEST_NAME, MODEL_FILES, load_bundle
+from device.runtimes import DEVICE_VENVS, RUNTIMES
 from tests.convert_fixtures import train_tiny_run, write_easy_corpus
 
 pytestmark = pytest.mark.slow
@@ -66,6 +69,17 @@ def test_convert_writes_a_bundle_the_device_loads(converted: tuple[Path, int]) -
     assert set(calibrated["by_label"]) == {"bonafide", "spoof"}
     for tool in ("torch", "onnx2tf", "tensorflow", "ai-edge-litert", "onnxruntime"):
         assert manifest.tools[tool] != "not installed"
+    # The int8 settings as read back from the converter that wrote model_int8.tflite.
+    assert manifest.tools["int8_quantization"] == {
+        "converter": "tf.lite.TFLiteConverter.from_saved_model (onnx2tf's SavedModel)",
+        "optimizations": ["DEFAULT"],
+        "supported_ops": ["TFLITE_BUILTINS_INT8"],
+        "inference_input_type": "int8",
+        "inference_output_type": "int8",
+        "representative_dataset": True,
+        "per_channel_weights": True,
+        "calibration_windows": calibrated["windows"],
+    }
 
 
 def test_thresholds_come_from_the_dev_split(converted: tuple[Path, int]) -> None:
@@ -90,11 +104,22 @@ def test_every_format_agrees_with_torch(converted: tuple[Path, int]) -> None:
         assert rows[name]["agreement"] == 1.0
     assert rows["int8"]["agreement"] >= 0.99
     assert abs(rows["int8"]["eer"] - rows["torch"]["eer"]) <= 0.01
-    for name, row in rows.items():
-        if "@" in name:  # another device venv: measured, or skipped with the reason
-            assert row["status"] in ("ok", "skipped"), row
-            if row["status"] == "skipped":
-                assert "not built" in row["reason"]
+    for venv in DEVICE_VENVS.values():
+        for model_format in venv.parity_formats:
+            row = rows[f"{model_format} @ {venv.name}"]
+            assert (row["format"], row["environment"]) == (model_format, venv.name)
+            assert row["distribution"] == RUNTIMES[venv.runtime].distribution
+            if device_venv_python(venv.name) is not None:  # built: it must have scored
+                assert row["status"] == "ok", row
+                assert row["runtime"].startswith(row["distribution"] + " ")
+                assert row["agreement"] >= 0.99
+            elif os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{venv.name} not built under CI: {row['reason']}")
+            else:
+                assert (row["status"], row["reason"]) == (
+                    "skipped",
+                    f"{venv.name} not built (make {venv.make_target})",
+                )
     fp32_xnnpack = report["xnnpack"]["fp32"]
     assert fp32_xnnpack["partitions"] == 1 and fp32_xnnpack["in_one_piece"]
     int8_xnnpack = report["xnnpack"]["int8"]
@@ -155,7 +180,7 @@ def test_onnx2tf_exiting_0_without_an_expected_file_is_caught(
     out, _ = converted
     # onnx2tf's own int8 route (-oiqt) with calibration windows of the wrong length (3000
     # samples for a 4000-sample input): the quantization fails inside onnx2tf, which
-    # still exits 0 with the int8 files missing (the quirk TOOLCHAIN.md describes).
+    # still exits 0 with the int8 files missing (the quirk docs/toolchain.md describes).
     wrong = tmp_path / "wrong_length.npy"
     np.save(wrong, np.random.default_rng(0).uniform(-1, 1, (300, 3000)).astype(np.float32))
     onnx_path = out / MODEL_FILES["onnx"]

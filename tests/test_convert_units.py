@@ -10,8 +10,10 @@ import pytest
 from convert.calibrate import draw_calibration_windows
 from convert.cli import EXIT_ERROR, main
 from convert.errors import CalibrationError, ConversionError, RunDirectoryError
-from convert.parity import GateLimits, Row, choose_thresholds, gate_checks, margins
+from convert.int8 import configure_full_int8, converter_settings
+from convert.parity import GateLimits, Row, choose_thresholds, gate_checks
 from convert.tflite import check_calibration_layout
+from device.scores import spoof_margin
 from tests.convert_fixtures import write_easy_corpus
 from train.data import load_dataset
 from train.metrics import error_rates
@@ -60,7 +62,7 @@ def test_far_threshold_keeps_false_alarms_under_target() -> None:
 
 
 def _row(name: str, fmt: str, **metrics: float) -> Row:
-    row = Row(name, fmt, "test")
+    row = Row(name, fmt, "test", "test")
     row.metrics = dict(metrics)
     return row
 
@@ -73,7 +75,15 @@ def test_gate_fails_each_limit_and_skips_missing_runtimes() -> None:
         _row("fp32", "fp32", max_abs_logit_diff=2e-4),
         _row("int8", "int8", agreement=0.985, eer=0.055),
         _row("int8 @ b", "int8", agreement=0.999, eer=0.065),
-        Row("int8 @ c", "int8", "-", status="skipped", reason=".venv-tflite not built"),
+        Row(
+            "int8 @ c",
+            "int8",
+            "-",
+            "tflite-runtime",
+            environment=".venv-tflite",
+            status="skipped",
+            reason=".venv-tflite not built",
+        ),
     ]
     checks = {
         (c.row, c.check.split(" (")[0]): c for c in gate_checks(rows, torch_row, GateLimits())
@@ -155,7 +165,7 @@ def test_onnx_export_matches_torch_on_real_windows(easy_records: list, tmp_path:
     result = compare_onnxruntime(model, path, windows[:40])
     assert result.windows == 40
     assert result.passed and result.max_abs_logit_diff <= 1e-4
-    assert margins(np.zeros((1, 2))).tolist() == [0.0]
+    assert spoof_margin(np.zeros((1, 2))).tolist() == [0.0]
 
 
 def test_cli_reports_a_missing_run_without_a_traceback(
@@ -190,3 +200,31 @@ def test_a_second_conversion_into_the_same_bundle_is_refused(tmp_path: Path) -> 
     with pytest.raises(RunDirectoryError, match="no such run directory"):
         convert_run(ConvertSettings(run_dir=tmp_path / "run", out_dir=out))
     assert not [p for p in out.parent.iterdir() if ".staging" in p.name]  # cleaned up
+
+
+def test_full_int8_settings_are_what_the_converter_reads_back() -> None:
+    tf = pytest.importorskip("tensorflow")
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            return 2.0 * x
+
+    module = Double()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module
+    )
+    before = converter_settings(converter)
+    assert (before["supported_ops"], before["inference_input_type"]) == (
+        ["TFLITE_BUILTINS"],
+        "float32",
+    )
+    configure_full_int8(converter, lambda: iter([[np.ones((1, 4), np.float32)]]))
+    assert converter_settings(converter) == {
+        "optimizations": ["DEFAULT"],
+        "supported_ops": ["TFLITE_BUILTINS_INT8"],
+        "inference_input_type": "int8",
+        "inference_output_type": "int8",
+        "representative_dataset": True,
+        "per_channel_weights": True,
+    }

@@ -116,19 +116,16 @@ def state_dict(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def smoke_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     runs = tmp_path_factory.mktemp("runs")
-    started = time.perf_counter()
-    result = train(tiny_config(corpus, runs, "smoke"), show_progress=False)
-    return result, time.perf_counter() - started
+    return train(tiny_config(corpus, runs, "smoke"), show_progress=False)
 
 
 def test_one_epoch_smoke_run_writes_every_artifact(smoke_run, corpus: Path) -> None:
-    result, elapsed_s = smoke_run
+    result = smoke_run
     run = result.run_dir
     for name in ("config.json", "train.log", "best.pt", "last.pt", "metrics.json"):
         assert (run / name).is_file(), name
     for name in ("curves.png", "det.png", "hist_dev.png", "hist_eval.png"):
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    assert elapsed_s < 60
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result.metrics))
@@ -161,7 +158,7 @@ def test_one_epoch_smoke_run_writes_every_artifact(smoke_run, corpus: Path) -> N
 
 
 def test_best_checkpoint_rebuilds_the_model_and_evaluate_agrees(smoke_run, corpus: Path) -> None:
-    result, _ = smoke_run
+    result = smoke_run
     run = result.run_dir
     _, checkpoint = model_from_checkpoint(run / "best.pt")
     assert checkpoint.model_config.window_samples == WINDOW_SAMPLES
@@ -183,7 +180,7 @@ def test_best_checkpoint_rebuilds_the_model_and_evaluate_agrees(smoke_run, corpu
 def test_same_seed_same_metrics_and_another_seed_differs(
     smoke_run, corpus: Path, tmp_path: Path
 ) -> None:
-    first, _ = smoke_run
+    first = smoke_run
     again = train(tiny_config(corpus, tmp_path, "again"), show_progress=False)
     assert comparable(again.metrics) == comparable(first.metrics)
     assert (again.run_dir / "scores_eval.txt").read_bytes() == (
@@ -197,7 +194,7 @@ def test_same_seed_same_metrics_and_another_seed_differs(
 
 
 def test_loader_workers_do_not_change_the_numbers(smoke_run, corpus: Path, tmp_path: Path) -> None:
-    first, _ = smoke_run
+    first = smoke_run
     with_workers = train(tiny_config(corpus, tmp_path, "workers", workers=2), show_progress=False)
     assert comparable(with_workers.metrics) == comparable(first.metrics)
 
@@ -326,7 +323,7 @@ def test_window_longer_than_every_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_resume_with_another_model_shape_is_refused(smoke_run, corpus: Path) -> None:
-    result, _ = smoke_run
+    result = smoke_run
     config = tiny_config(
         corpus, result.run_dir.parent, "smoke", model=ModelConfig(window_samples=8000)
     )
@@ -350,7 +347,7 @@ def test_checkpoint_from_another_shape_is_refused_on_resume(corpus: Path, tmp_pa
 
 
 def test_existing_run_is_never_replaced_silently(smoke_run, corpus: Path) -> None:
-    result, _ = smoke_run
+    result = smoke_run
     runs = result.run_dir.parent
     before = (result.run_dir / "best.pt").read_bytes()
     # The same settings, finished: nothing to do (a second `make train` is a no-op).
@@ -370,7 +367,12 @@ def test_unfinished_run_asks_for_resume_or_overwrite(corpus: Path, tmp_path: Pat
     with pytest.raises(RunExistsError, match=r"unfinished run .* pass --resume"):
         train(tiny_config(corpus, tmp_path, "cut"), show_progress=False)
     fresh = train(tiny_config(corpus, tmp_path, "cut"), overwrite=True, show_progress=False)
-    assert fresh.metrics["final"] is not None
+    # Overwritten by a whole new run: finished, its final reports written to disk.
+    on_disk = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(fresh.metrics))
+    assert on_disk["epochs_completed"] == 1
+    assert {"dev", "eval", "best_epoch"} <= set(on_disk["final"])
+    assert 0.0 <= on_disk["final"]["eval"]["eer"] <= 1.0
 
 
 def test_resume_without_a_run_is_refused(corpus: Path, tmp_path: Path) -> None:
@@ -455,7 +457,7 @@ def test_cli_bad_input_exits_2_with_the_reason(tmp_path: Path) -> None:
 
 
 def test_evaluate_cli_prints_one_json_object(smoke_run, corpus: Path) -> None:
-    result, _ = smoke_run
+    result = smoke_run
     done = subprocess.run(
         [
             sys.executable,

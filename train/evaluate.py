@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from device.scores import p_spoof_from_margin
 from train.checkpoint import CheckpointError, model_from_checkpoint
 from train.data import FORMATS, SPLITS, DatasetError, Record, load_dataset
 from train.data.records import BONAFIDE_ATTACK
@@ -34,10 +35,6 @@ class EvaluationError(ValueError):
 
 def finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-def sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-np.float64(x))))
 
 
 def report(
@@ -60,7 +57,7 @@ def report(
         "spoof": int(np.sum(labels == 1)),
         "eer": eer.eer,
         "threshold_margin": finite_or_none(eer.threshold),
-        "threshold_p_spoof": sigmoid(eer.threshold),
+        "threshold_p_spoof": float(p_spoof_from_margin(eer.threshold)),
         "accuracy": eer.accuracy,
         "per_attack_eer": {
             attack: values["eer"]
@@ -69,7 +66,7 @@ def report(
         "all_silent_files": int(sum(s.all_silent for s in scores)),
     }
     if dev_threshold_margin is not None:
-        out["dev_threshold_p_spoof"] = sigmoid(dev_threshold_margin)
+        out["dev_threshold_p_spoof"] = float(p_spoof_from_margin(dev_threshold_margin))
         out["accuracy_at_dev_threshold"] = float(
             np.mean((margins >= dev_threshold_margin) == (labels == 1))
         )

@@ -1,9 +1,9 @@
 """The file-scoring rule, in one place, for every desktop runtime.
 
 A file's score is computed the same way whatever runs the model (PyTorch here, ONNX
-Runtime or TFLite in convert/ and benchmarks/); the device computes the same with LiteRT
-(``device.runtime.aggregate``, the contract text ``device.bundle.FILE_AGGREGATION``; a test
-holds the two equal):
+Runtime or TFLite in convert/ and benchmarks/, LiteRT on the device): the rule itself
+(window selection, mean of logits, P(spoof), margin) is ``device.scores``; this module
+feeds it windows and batches predictions:
 
 1. ``device.audio.windows_from_file``: decode, mono, 16 kHz, cut into windows of
    ``window_samples`` every ``hop_samples`` (one more aligned to the end), normalize each.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS, Windows, windows_from_file
-from device.bundle import FILE_AGGREGATION
+from device.scores import FILE_AGGREGATION, file_logits, p_spoof, select_windows, spoof_margin
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 AGGREGATION_RULE = FILE_AGGREGATION
@@ -47,42 +47,24 @@ class FileScore:
 
     @property
     def p_spoof(self) -> float:
-        return p_spoof(self.logits)
+        return float(p_spoof(self.logits))
 
     @property
     def asvspoof_score(self) -> float:
         return asvspoof_score(self.logits)
 
 
-def select_windows(silent: np.ndarray) -> np.ndarray:
-    """Indices of the windows to score: the non-silent ones, or all when every one is silent."""
-    silent = np.asarray(silent, dtype=bool).reshape(-1)
-    keep = np.flatnonzero(~silent)
-    return keep if keep.size else np.arange(silent.size, dtype=np.int64)
-
-
-def p_spoof(logits: np.ndarray) -> float:
-    """softmax(logits)[1] for one (2,) logit pair, computed stably."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(2)
-    return float(1.0 / (1.0 + np.exp(logits[0] - logits[1])))
-
-
 def asvspoof_score(logits: np.ndarray) -> float:
     """logit_bonafide - logit_spoof: higher = more bona fide (ASVspoof convention)."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(2)
-    return float(logits[0] - logits[1])
+    return float(-spoof_margin(np.asarray(logits, dtype=np.float64).reshape(2)))
 
 
 def aggregate(window_logits: np.ndarray, windows_total: int, all_silent: bool) -> FileScore:
     """File score from the logits of its kept windows (n, 2)."""
-    window_logits = np.asarray(window_logits, dtype=np.float64)
-    if window_logits.ndim != 2 or window_logits.shape[1] != 2 or window_logits.shape[0] == 0:
-        raise ValueError(
-            f"expected window logits shaped (n >= 1, 2), got {tuple(window_logits.shape)}"
-        )
+    logits = file_logits(window_logits)
     return FileScore(
-        logits=window_logits.mean(axis=0),
-        windows_used=int(window_logits.shape[0]),
+        logits=logits,
+        windows_used=int(np.shape(window_logits)[0]),
         windows_total=int(windows_total),
         all_silent=bool(all_silent),
     )

@@ -66,7 +66,7 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import CONFIG_FILE, ConfigError, TrainConfig
-from train.data import Dataset, DatasetError, Record, load_dataset
+from train.data import DatasetError, Record, read_dataset
 from train.data.records import LABELS
 from train.evaluate import report
 from train.model import CLAD, MODEL_NAME, build_model, count_macs, count_parameters
@@ -223,18 +223,6 @@ def _check_classes(records: list[Record], split: str, root: str) -> None:
             f"the {split} split of {root} has one class only ({counts['bonafide']} bona fide, "
             f"{counts['spoof']} spoof): training and EER need both bona fide and spoof files"
         )
-
-
-def read_dataset(config: TrainConfig) -> Dataset:
-    """The run's dataset, read with the run's reader settings (training and convert share it)."""
-    return load_dataset(
-        config.format,
-        config.root,
-        skip_missing=config.skip_missing,
-        skip_malformed=config.skip_malformed,
-        track=config.track,
-        seed=config.seed,
-    )
 
 
 def load_splits(config: TrainConfig, show_progress: bool) -> Splits:

@@ -230,7 +230,8 @@ def ensure_tiny_models(cache: Path, host_python: str) -> dict[str, Path]:
     """Build the tiny fp32/int8 models once per version of tiny_model.py (tensorflow, x86)."""
     script = REPO / "scripts/arm/tiny_model.py"
 
-    key = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    helper = REPO / "convert/int8.py"  # the int8 settings the script imports
+    key = hashlib.sha256(script.read_bytes() + helper.read_bytes()).hexdigest()[:16]
     directory = cache / "tiny" / key
     models = {
         "tiny:fp32": directory / "tiny_fp32.tflite",

@@ -32,8 +32,9 @@ import scipy
 import soundfile as sf
 
 from device import audio
+from device.runtimes import INTERPRETERS, RUNTIMES
 
-RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+RUNTIME_MODULES = tuple(RUNTIMES[key].module for key in INTERPRETERS)
 
 
 def sha256(array: np.ndarray) -> str:

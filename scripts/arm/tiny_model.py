@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SEED = 7
+REPO = Path(__file__).resolve().parents[2]
 
 
 def build(window_samples: int, out_dir: Path) -> dict[str, str]:
     import tensorflow as tf
+
+    if str(REPO) not in sys.path:  # run as a script: scripts/arm/ is on the path, not the repo
+        sys.path.insert(0, str(REPO))
+    from convert.int8 import configure_full_int8
 
     rng = np.random.default_rng(SEED)
 
@@ -65,11 +71,7 @@ def build(window_samples: int, out_dir: Path) -> dict[str, str]:
     (out_dir / "tiny_fp32.tflite").write_bytes(converter.convert())
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    configure_full_int8(converter, representative)
     (out_dir / "tiny_int8.tflite").write_bytes(converter.convert())
     return {"fp32": str(out_dir / "tiny_fp32.tflite"), "int8": str(out_dir / "tiny_int8.tflite")}
 

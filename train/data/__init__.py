@@ -19,7 +19,7 @@ from train.data.errors import (
     MissingAudioError,
     UnknownLabelError,
 )
-from train.data.formats import FORMATS, DatasetFormat, load_dataset
+from train.data.formats import FORMATS, DatasetFormat, ReaderSettings, load_dataset, read_dataset
 from train.data.records import BONAFIDE_ATTACK, LABELS, SPLITS, Record
 
 __all__ = [
@@ -40,7 +40,9 @@ __all__ = [
     "MissingAudioError",
     "Problem",
     "ReadOptions",
+    "ReaderSettings",
     "Record",
     "UnknownLabelError",
     "load_dataset",
+    "read_dataset",
 ]

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from train.data.asvspoof import read_asvspoof5, read_asvspoof2019, read_asvspoof2021
 from train.data.common import (
@@ -180,6 +181,29 @@ def load_dataset(
     if check_audio:
         _check_audio(dataset)
     return dataset
+
+
+class ReaderSettings(Protocol):
+    """The reader settings of a training run (train.config.TrainConfig has them)."""
+
+    format: str
+    root: str
+    skip_missing: bool
+    skip_malformed: bool
+    track: str | None
+    seed: int
+
+
+def read_dataset(config: ReaderSettings) -> Dataset:
+    """A run's dataset, read with the run's reader settings (training and convert share it)."""
+    return load_dataset(
+        config.format,
+        config.root,
+        skip_missing=config.skip_missing,
+        skip_malformed=config.skip_malformed,
+        track=config.track,
+        seed=config.seed,
+    )
 
 
 def _check_audio(dataset: Dataset) -> None:
