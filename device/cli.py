@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from device.audio import AudioError
+from device.audio import DEFAULT_MAX_DURATION_S, AudioError
 from device.bundle import BundleError
 from device.config import ConfigError, Settings, load_settings, override
 from device.runtime import MODEL_FORMATS, InterpreterUnavailableError
@@ -62,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="one JSON object per line")
     score.add_argument(
         "--windows", action="store_true", help="include every window's P(spoof) (window_scores)"
+    )
+    score.add_argument(
+        "--max-audio-s",
+        type=float,
+        default=DEFAULT_MAX_DURATION_S,
+        metavar="S",
+        help="refuse files declaring more audio than this, in seconds, before decoding "
+        f"(default {DEFAULT_MAX_DURATION_S:g})",
     )
 
     listen = sub.add_parser("listen", help="score a stream and report decisions")
@@ -163,7 +171,12 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
-    for result in score_files(scorer, args.files, window_scores=args.windows):
+    if not args.max_audio_s > 0:
+        print(
+            f"error: --max-audio-s: expected seconds > 0, got {args.max_audio_s}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    for result in score_files(scorer, args.files, args.windows, args.max_audio_s):
         failed += "error" in result
         if args.json:
             _print_json(result)

@@ -203,7 +203,8 @@ class FileSource(Source):
         self.max_seconds = max_seconds
         self.name = f"file:{self.path}"
         # Decode now so a bad file is an error at start, with the file named.
-        self._samples, self._rate = decode(self.path)
+        # No length limit: a long recording is a legitimate stream; rate and channels are checked.
+        self._samples, self._rate = decode(self.path, max_duration_s=None)
         self.stats.sample_rate = self._rate
         self.stats.channels = int(self._samples.shape[1])
         self.stats.device = str(self.path)

@@ -26,6 +26,7 @@ from tests.device_fixtures import (
     silence,
     write_wav,
 )
+from tests.hostile_audio import wav_claiming
 
 
 @pytest.fixture(scope="session")
@@ -322,3 +323,49 @@ def test_agent_load_benchmark_reports_its_figures(fixture_bundle, tmp_path: Path
     assert report["audio_s"] == 1.5 and report["windows"] == 11 and report["overflows"] == 0
     assert 0 < report["cpu_percent_of_one_core"] < 200 and report["peak_rss_mib"] > 10
     assert report["latency_ms"]["n"] == 11 and report["latency_ms"]["p50"] > 0
+
+
+def test_score_goes_on_past_hostile_files(fixture_bundle, tmp_path: Path) -> None:
+    good = write_wav(tmp_path / "good.wav", noise(1.0, 16000), 16000)
+    huge_rate = wav_claiming(tmp_path / "4mhz.wav", 4_000_037)
+    many = tmp_path / "many.wav"
+    sf.write(many, np.zeros((1600, 40), dtype=np.float32), 16000, subtype="PCM_16")
+    tiny = write_wav(tmp_path / "ten.wav", noise(10 / 16000, 16000), 16000)
+    long = write_wav(tmp_path / "long.wav", noise(3.0, 16000), 16000)
+    files = [huge_rate, good, many, tiny, long]
+    args = ["score", *map(str, files), "--bundle", str(fixture_bundle), "--json"]
+    out = run_device([*args, "--max-audio-s", "2"])
+    assert out.returncode == 1
+    by_name = {Path(r["file"]).name: r for r in json_lines(out.stdout)}
+    assert list(by_name) == [p.name for p in files]
+    assert "expected 4000-384000 Hz" in by_name["4mhz.wav"]["error"]
+    assert "40 channels declared" in by_name["many.wav"]["error"]
+    assert by_name["ten.wav"]["error"].startswith("too short: 10 samples")
+    assert "expected at most 2 s" in by_name["long.wav"]["error"]
+    assert by_name["good.wav"]["decision"] in ("bonafide", "spoof")
+    assert "4 of 5 file(s) could not be scored" in out.stderr.decode()
+
+
+def test_score_goes_on_past_a_memory_error(fixture_bundle, tmp_path: Path, monkeypatch) -> None:
+    """MemoryError from a library: made real, it would need the machine's memory exhausted
+    (or an RLIMIT_AS that also breaks LiteRT's arena), so the front end is replaced to raise
+    it for one file only."""
+    from device import audio
+    from device.runtime import Scorer, score_files
+
+    real = audio.windows_for_scoring
+
+    def exhausting(path, *args, **kwargs):
+        if Path(path).name == "boom.wav":
+            raise MemoryError("Unable to allocate 3.2 GiB for an array")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "windows_for_scoring", exhausting)
+    boom = write_wav(tmp_path / "boom.wav", noise(1.0, 16000), 16000)
+    good = write_wav(tmp_path / "good.wav", noise(1.0, 16000), 16000)
+    results = list(score_files(Scorer(fixture_bundle, "int8"), [boom, good]))
+    assert results[0] == {
+        "file": str(boom),
+        "error": "MemoryError: Unable to allocate 3.2 GiB for an array",
+    }
+    assert "score" in results[1]
