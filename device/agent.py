@@ -271,6 +271,20 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
     api = None
     if settings.api.listen:
         host, port = parse_listen(settings.api.listen)
-        api = ApiServer(host, port, scorer, state, api_token, settings.api.max_upload_bytes)
+        a = settings.api
+        api = ApiServer(
+            host,
+            port,
+            scorer,
+            state,
+            api_token,
+            a.max_upload_bytes,
+            max_connections=a.max_connections,
+            max_concurrent_scores=a.max_concurrent_scores,
+            header_timeout_s=a.header_timeout_s,
+            body_timeout_s=a.body_timeout_s,
+            allowed_hosts=a.allowed_hosts,
+            max_audio_s=a.max_audio_s,
+        )
         api.start()
     return Agent(settings, scorer, source, sinks, api, state)

@@ -5,7 +5,9 @@
                 queue_chunks, realtime, backoff_initial_s, backoff_max_s, max_seconds
     [decision]  smoothing_windows, margin, silence_windows
     [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
-    [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes
+    [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes, max_audio_s,
+                max_connections, max_concurrent_scores, header_timeout_s, body_timeout_s,
+                allowed_hosts
 
 See deploy/clad-agent.toml for a commented example. The API token is never a setting
 value that gets echoed: it comes from `api.token_file` or the CLAD_AGENT_TOKEN variable.
@@ -78,6 +80,12 @@ class ApiSettings:
     listen: str = ""  # HOST:PORT; empty: no API
     token_file: str = ""
     max_upload_bytes: int = 20_000_000
+    max_audio_s: float = 300.0  # POST /score: longer audio (declared in the header) is refused
+    max_connections: int = 32  # more at once get 503 + Retry-After
+    max_concurrent_scores: int = 2  # uploads read and scored at once; more get 503
+    header_timeout_s: float = 10.0  # socket silence allowed while reading request headers
+    body_timeout_s: float = 30.0  # socket silence allowed while reading an upload
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted beyond loopback (with a token)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ _KINDS = {
     "float": (int, float),
     "bool": (bool,),
     "float | None": (int, float),
+    "tuple[str, ...]": (list, tuple),
 }
 
 
@@ -116,6 +125,10 @@ def _coerce(where: str, type_name: str, value: Any) -> Any:
         raise ConfigError(f"{where}: expected {type_name}, got {type(value).__name__} {value!r}")
     if type_name in ("float", "float | None"):
         return float(value)
+    if type_name == "tuple[str, ...]":
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     return value
 
 
@@ -211,6 +224,16 @@ def validate(settings: Settings) -> Settings:
         )
     if a.max_upload_bytes < 1:
         raise ConfigError(f"api.max_upload_bytes: expected >= 1, got {a.max_upload_bytes}")
+    if a.max_connections < 1 or a.max_concurrent_scores < 1:
+        raise ConfigError(
+            "api: expected max_connections >= 1 and max_concurrent_scores >= 1, got "
+            f"{a.max_connections} and {a.max_concurrent_scores}"
+        )
+    if not (a.max_audio_s > 0 and a.header_timeout_s > 0 and a.body_timeout_s > 0):
+        raise ConfigError(
+            "api: expected max_audio_s, header_timeout_s and body_timeout_s > 0 seconds, got "
+            f"{a.max_audio_s}, {a.header_timeout_s} and {a.body_timeout_s}"
+        )
     if a.listen:
         parse_listen(a.listen)
     return settings
