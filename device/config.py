@@ -54,6 +54,8 @@ class SourceSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     max_seconds: float | None = None  # stop after this much audio
+    stall_s: float = 10.0  # /health unhealthy (and no watchdog ping) after this long without
+    # a scored window while the source runs; 0 = never
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class Source:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost = False  # a chunk was dropped: mark the next one as a discontinuity
+        self.failure = ""  # set when the reader thread died of an error (not a clean end)
         self._lock = threading.Lock()
         self._transitions: deque[SourceStats] = deque(maxlen=256)
 
@@ -136,6 +137,7 @@ class Source:
             log.exception("%s: reader failed", self.name)
             self.stats.last_error = f"{type(error).__name__}: {error}"
             self.stats.errors += 1
+            self.failure = self.stats.last_error
         finally:
             self._set_state("stopped" if self._stop.is_set() else "ended")
             self._put_end()
