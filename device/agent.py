@@ -40,7 +40,7 @@ from device.events import (
 )
 from device.runtime import Scorer
 from device.sources import END, FileSource, MicSource, Source, SourceError, StdinSource
-from device.stream import DecisionSettings, StreamPipeline, WindowResult
+from device.stream import StreamPipeline, WindowResult
 
 log = logging.getLogger("device.agent")
 
@@ -134,16 +134,7 @@ class Agent:
         self.sinks = sinks
         self.api = api
         self.state = state
-        d = settings.decision
-        self.pipeline = StreamPipeline(
-            scorer,
-            DecisionSettings(
-                threshold=scorer.threshold,
-                smoothing_windows=d.smoothing_windows,
-                margin=d.margin,
-                silence_windows=d.silence_windows,
-            ),
-        )
+        self.pipeline = StreamPipeline(scorer, settings.decision.with_threshold(scorer.threshold))
         self.heartbeat_s = settings.events.heartbeat_s
         self._stop = threading.Event()
         self._stop_reason = ""

@@ -283,6 +283,7 @@ def test_live_agent_serves_status_while_listening(fixture_bundle, tmp_path) -> N
     audio = write_wav(tmp_path / "a.wav", np.tile(scenario(16000), 3), 16000)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # a token others can read is refused
     process = subprocess.Popen(
         [
             sys.executable,

@@ -6,6 +6,7 @@ import configparser
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,14 @@ import pytest
 import soundfile as sf
 
 from device.cli import _parser, listen_settings, main
-from device.config import ConfigError, Settings, load_settings
+from device.config import (
+    ApiSettings,
+    ConfigError,
+    Settings,
+    check_token_file_mode,
+    load_settings,
+    resolve_token,
+)
 from tests.device_fixtures import (
     REPO,
     bundle_for,
@@ -369,3 +377,59 @@ def test_score_goes_on_past_a_memory_error(fixture_bundle, tmp_path: Path, monke
         "error": "MemoryError: Unable to allocate 3.2 GiB for an array",
     }
     assert "score" in results[1]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nthreshold = 1.0\n", "model.threshold: expected a P(spoof) strictly between"),
+        ("[model]\nthreshold = 0.0\n", "strictly between 0 and 1"),
+        ("[model]\nthreshold = 0.98\n", "a spoof alarm can never be raised, or never end"),
+        ("[model]\nsilence_floor_dbfs = 100\n", "expected -200 < floor < 0 dBFS, got 100.0"),
+        ("[decision]\nsmoothing_windows = 1000000\n", "smoothing_windows: expected 1-100"),
+        ("[decision]\nthreshold = 0.5\n", "unknown setting 'threshold'"),
+        ("[source]\nchunk_ms = 1e9\n", "source.chunk_ms: expected 1-5000 ms, got 1000000000.0"),
+        ("[source]\nsample_rate = 4000037\n", "expected 0 (automatic) or 4000-384000 Hz"),
+        ("[source]\nchannels = 1000\n", "source.channels: expected 1-32"),
+    ],
+)
+def test_settings_that_make_an_alarm_impossible_are_refused(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path)
+
+
+def test_listen_with_an_impossible_threshold_exits_2(fixture_bundle, capsys) -> None:
+    args = ["listen", "--bundle", str(fixture_bundle), "--source", "stdin", "--rate", "16000"]
+    assert main([*args, "--threshold", "1.0"]) == 2
+    assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o600, False), (0o644, True), (0o620, True)])
+def test_a_token_file_others_can_read_or_write_is_refused(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(mode)
+    api = ApiSettings(listen="0.0.0.0:8787", token_file=str(token))
+    if refused:
+        with pytest.raises(ConfigError, match=rf"mode {mode:04o}.*`chmod 0600 {token}`"):
+            resolve_token(api, {})
+    else:
+        assert resolve_token(api, {}) == "s3cret"
+
+
+def test_group_read_is_allowed_only_for_the_agents_own_group(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o640)
+    own = os.stat(token)
+    check_token_file_mode(token, own)  # created with our group: the deployment's 0640 is fine
+    foreign_gid = max({os.getgid(), *os.getgroups()}) + 12345
+    foreign = os.stat_result((*own[:5], foreign_gid, *own[6:]))
+    with pytest.raises(ConfigError, match="mode 0640"):
+        check_token_file_mode(token, foreign)
