@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import hashlib
 import json
@@ -433,3 +434,18 @@ def test_group_read_is_allowed_only_for_the_agents_own_group(tmp_path: Path) -> 
     foreign = os.stat_result((*own[:5], foreign_gid, *own[6:]))
     with pytest.raises(ConfigError, match="mode 0640"):
         check_token_file_mode(token, foreign)
+
+
+def test_every_cli_option_has_help_with_its_default() -> None:
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in {"clad-agent": parser, **subparsers.choices}.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            text = action.help or ""
+            takes_value = action.nargs != 0 and action.option_strings
+            if not text or (takes_value and not ("default" in text or "required" in text)):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
