@@ -13,11 +13,12 @@ Only numpy, scipy and soundfile are used: this module runs on the Pi.
 
 from __future__ import annotations
 
-import io
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -51,6 +52,10 @@ Every common rate reduces far below this (44100 -> 160/441, 48000 -> 1/3, 22050 
 
 DEFAULT_MAX_DURATION_S = 300.0
 """Longest file (declared frames / rate) decoded by default; longer ones are refused unread."""
+
+MAX_DECODED_BYTES = 128 * 1024 * 1024
+"""Largest decoded float32 array (frames x channels x 4 bytes) under a duration limit:
+300 s of 48 kHz stereo is 110 MiB; 300 s of 384 kHz x 32 channels (14 GiB) is refused."""
 
 
 class AudioError(ValueError):
@@ -96,6 +101,13 @@ def check_decode_limits(
             f"{frames} frames at {sample_rate} Hz is {frames / sample_rate:.1f} s of audio: "
             f"expected at most {max_duration_s:g} s (the decode limit)",
         )
+    decoded_bytes = frames * channels * 4
+    if max_duration_s is not None and decoded_bytes > MAX_DECODED_BYTES:
+        raise AudioLimitError(
+            source,
+            f"{frames} frames x {channels} channels decode to {decoded_bytes / 2**20:.0f} MiB: "
+            f"expected at most {MAX_DECODED_BYTES / 2**20:.0f} MiB",
+        )
 
 
 @dataclass(frozen=True)
@@ -117,31 +129,36 @@ class AudioInfo:
 # --------------------------------------------------------------------------- decoding
 
 
-def _describe_bytes(data: bytes) -> str:
-    head = data[:12]
-    if not data:
+def _describe_bytes(head: bytes, size: int) -> str:
+    """`head`: the first bytes of a file of `size` bytes."""
+    if not size:
         return "the file is empty (0 bytes)"
-    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
-    return f"{len(data)} bytes starting with {printable!r}"
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head[:12])
+    return f"{size} bytes starting with {printable!r}"
 
 
-def _check_riff_complete(path: Path, data: bytes) -> None:
+def _check_riff_complete(path: Path, handle: BinaryIO, size: int) -> None:
     """Refuse a RIFF/WAVE file whose data chunk is shorter than its header says.
 
     libsndfile quietly reads what is there from a truncated WAV; a truncated file in a
-    dataset is a broken file, so say so instead of scoring half of it.
+    dataset is a broken file, so say so instead of scoring half of it. Reads only the chunk
+    headers (seeking past the bodies), never the whole file.
     """
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return
-    if data[:4] == b"RF64":
+    if head[:4] == b"RF64":
         return  # sizes live in the ds64 chunk; libsndfile checks those itself
     offset = 12
-    while offset + 8 <= len(data):
-        chunk_id = data[offset : offset + 4]
-        (chunk_bytes,) = struct.unpack("<I", data[offset + 4 : offset + 8])
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk_head = handle.read(8)
+        chunk_id = chunk_head[:4]
+        (chunk_bytes,) = struct.unpack("<I", chunk_head[4:8])
         body_start = offset + 8
         if chunk_id == b"data":
-            available = len(data) - body_start
+            available = size - body_start
             if chunk_bytes != 0xFFFFFFFF and available < chunk_bytes:
                 raise AudioError(
                     path,
@@ -182,18 +199,23 @@ def decode(
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(12)
+            if size:
+                _check_riff_complete(path, handle, size)
     except FileNotFoundError as error:
         raise AudioError(path, "file not found") from error
     except IsADirectoryError as error:
         raise AudioError(path, "expected an audio file, got a directory") from error
     except OSError as error:
         raise AudioError(path, f"cannot read the file ({error.strerror})") from error
-    if not data:
+    if not size:
         raise AudioError(path, "the file is empty (0 bytes); expected audio")
-    _check_riff_complete(path, data)
     try:
-        with sf.SoundFile(io.BytesIO(data)) as handle:
+        # By path, not from a BytesIO: soundfile's virtual-I/O callbacks need write+execute
+        # memory (cffi), which MemoryDenyWriteExecute in the systemd unit refuses.
+        with sf.SoundFile(str(path)) as handle:
             sample_rate = int(handle.samplerate)
             check_decode_limits(
                 path, sample_rate, int(handle.channels), int(handle.frames), max_duration_s
@@ -204,7 +226,7 @@ def decode(
         raise AudioError(
             path,
             f"not a readable audio file: expected WAV, FLAC, OGG or MP3, got "
-            f"{_describe_bytes(data)} ({error})",
+            f"{_describe_bytes(head, size)} ({error})",
         ) from error
     return _validated(samples, sample_rate, path), sample_rate
 

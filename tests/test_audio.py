@@ -16,6 +16,7 @@ from device.audio import (
     AudioError,
     AudioLimitError,
     StreamingResampler,
+    check_decode_limits,
     decode,
     frame,
     is_silent,
@@ -336,3 +337,11 @@ def test_a_file_shorter_than_one_window_is_too_short_not_silence(tmp_path: Path)
     want = windows_from_file(long_enough, 4000, 2000)
     np.testing.assert_array_equal(got.normalized, want.normalized)
     np.testing.assert_array_equal(got.silent, want.silent)
+
+
+def test_many_channels_at_a_high_rate_are_refused_by_decoded_size() -> None:
+    # The header rule alone (a real file this size would take half a GB of test disk):
+    # 20 s of 384 kHz x 32 channels is within the duration limit but 938 MiB decoded.
+    with pytest.raises(AudioLimitError, match=r"decode to 938 MiB: expected at most 128 MiB"):
+        check_decode_limits("wide.wav", 384_000, 32, 20 * 384_000)
+    check_decode_limits("cd.wav", 48_000, 2, 300 * 48_000)  # 300 s of 48 kHz stereo is fine

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from device.config import (
 from tests.device_fixtures import (
     REPO,
     bundle_for,
+    device_env,
     json_lines,
     noise,
     run_device,
@@ -211,6 +213,11 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
     service = unit["Service"]
     assert service["User"] == "clad" and service["SupplementaryGroups"] == "audio"
     assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # bad settings: a restart cannot help
+    assert service["Type"] == "notify" and int(service["WatchdogSec"]) > 0
+    assert service["MemoryDenyWriteExecute"] == "yes" and service["ProtectProc"] == "invisible"
+    for key in ("MemoryMax", "TasksMax", "LimitNOFILE", "SystemCallFilter", "RestrictRealtime"):
+        assert service.get(key), key
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert "/var/lib/clad-agent" in service["ReadWritePaths"].split()
     assert service["ExecStart"].endswith("listen --config /etc/clad-agent/clad-agent.toml")
@@ -230,6 +237,39 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(checked)], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(checked)],
+        capture_output=True,
+        text=True,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure is not None, security.stdout[-2000:] + security.stderr
+    assert float(exposure.group(1)) <= 2.0  # 3.5 before the sandboxing directives
+
+
+_MDWE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux >= 6.3)
+    sys.exit(77)
+from device.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("model", ["int8", "fp32"])
+def test_scoring_works_under_memory_deny_write_execute(fixture_bundle, tmp_path, model) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes: the kernel's own MDWE (prctl) must not
+    break LiteRT/XNNPACK or the decoder (soundfile's BytesIO reader did: it needs W+X)."""
+    path = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    args = ["score", str(path), "--bundle", str(fixture_bundle), "--json", "--model", model]
+    out = subprocess.run(
+        [sys.executable, "-c", _MDWE, *args], cwd=REPO, env=device_env(), capture_output=True
+    )
+    if out.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    assert json_lines(out.stdout)[0]["decision"] == "bonafide"
 
 
 def _deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
