@@ -249,3 +249,70 @@ def test_sd_notify_ready_watchdog_and_a_stall(fixture_bundle: Path, tmp_path: Pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_low_fd_limit_and_idle_connections_do_not_end_detection(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """RLIMIT_NOFILE 24 (the agent idles at 8 descriptors) and 30 idle clients: accept()
+    runs out of descriptors while the event file keeps rotating. Detection must go on, the
+    API must answer again once the clients leave, and every file line must be whole."""
+    import resource
+
+    config = tmp_path / "agent.toml"
+    config.write_text("[events]\nmax_bytes = 3000\nbackups = 2\n")
+    events_path = tmp_path / "events.jsonl"
+    args = [sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)]
+    args += ["--config", str(config), "--source", "stdin", "--rate", "16000", "--json"]
+    args += ["--every-window", "--events-file", str(events_path), "--api", "127.0.0.1:0"]
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    process = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=device_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=low_fd_limit,
+    )
+    idle: list[socket.socket] = []
+    try:
+        start = json.loads(process.stdout.readline())
+        address = ("127.0.0.1", int(start["api"].rsplit(":", 1)[1]))
+        idle = [socket.create_connection(address, timeout=10) for _ in range(30)]
+        audio = to_pcm16(noise(2.0, 16000)).tobytes()
+        process.stdin.write(audio)
+        process.stdin.flush()
+        windows = []
+        while len(windows) < 15:  # 2 s of audio: 15 windows of 0.25 s every 0.125 s
+            event = json.loads(process.stdout.readline())
+            if event["type"] in ("window", "decision"):
+                windows.append(event["window"])
+        assert windows == list(range(15))
+        for conn in idle:
+            conn.close()
+        process.stdin.write(audio)
+        process.stdin.flush()
+        health = _wait_for(
+            lambda: (r := request(address, "GET", "/health"))[0] == 200 and r,
+            15,
+            "/health to answer 200 once the idle clients are gone",
+        )
+        assert json.loads(health[2])["status"] == "ok"
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0
+    finally:
+        for conn in idle:
+            conn.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read().decode()
+    assert "cannot accept a connection (Too many open files)" in stderr  # the fault happened
+    files = [events_path, *(events_path.with_name(f"events.jsonl.{i}") for i in (1, 2))]
+    assert all(f.read_bytes().endswith(b"\n") for f in files if f.exists())
+    assert events_path.with_name("events.jsonl.1").exists()  # it rotated meanwhile
+    assert list(read_events(events_path))[-1]["type"] == "stop"
