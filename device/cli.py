@@ -293,10 +293,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from device.agent import probe_model
     from device.runtime import Scorer, score_files
     from device.sources import c_stderr_to_debug
 
     try:
+        probe_model(args.bundle, args.model)  # a crashing model: an error, not a dead batch
         with c_stderr_to_debug("LiteRT"):  # its "Created ... XNNPACK delegate" INFO line
             scorer = Scorer(
                 args.bundle,

@@ -7,8 +7,10 @@ a real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -316,3 +318,41 @@ def test_a_low_fd_limit_and_idle_connections_do_not_end_detection(
     assert all(f.read_bytes().endswith(b"\n") for f in files if f.exists())
     assert events_path.with_name("events.jsonl.1").exists()  # it rotated meanwhile
     assert list(read_events(events_path))[-1]["type"] == "stop"
+
+
+def fuzzed_bundle(source: Path, target: Path, seed: int) -> Path:
+    """A copy of the bundle with 16 random bytes of the int8 model overwritten and the
+    manifest's sha256 recomputed: the hash check cannot catch it (no signature)."""
+    shutil.copytree(source, target)
+    model = target / "model_int8.tflite"
+    data = bytearray(model.read_bytes())
+    rng = np.random.default_rng(seed)
+    for offset in rng.integers(0, len(data), 16):
+        data[offset] = int(rng.integers(0, 256))
+    model.write_bytes(bytes(data))
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["files"]["model_int8.tflite"]["sha256"] = hashlib.sha256(data).hexdigest()
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize(("seed", "signal_name"), [(0, "SIGSEGV"), (2, "SIGBUS")])
+def test_a_model_that_crashes_the_interpreter_is_refused(
+    fixture_bundle: Path, tmp_path: Path, seed: int, signal_name: str
+) -> None:
+    """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file).
+    The seeds are ones that crash LiteRT 2.3 on the fixture model; if the fixture model's
+    bytes change, pick new ones (21 of seeds 0-29 crashed)."""
+    bundle = fuzzed_bundle(fixture_bundle, tmp_path / "bundle", seed)
+    audio = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    out = subprocess.run(
+        [sys.executable, "-m", "device", "score", str(audio), "--bundle", str(bundle)],
+        cwd=REPO,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"crashed the interpreter ({signal_name})" in out.stderr
+    assert "Traceback" not in out.stderr
