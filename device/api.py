@@ -14,7 +14,8 @@ Bound to 127.0.0.1 unless told otherwise; beyond loopback a bearer token is requ
 agent refuses to start without one), and a token that is set is checked on every endpoint,
 before any body is read. Bounded work (docs/device.md, "Limits and failure modes"): at most
 `max_connections` connections (more get 503 + Retry-After at once), a listen backlog of
-LISTEN_BACKLOG, a socket timeout while reading headers and another while reading a body,
+LISTEN_BACKLOG, a deadline for the request line and headers (however slowly they trickle)
+and a socket timeout while reading a body,
 strict Content-Length (missing 411, malformed or negative 400, over the limit 413, all
 before reading), at most `max_concurrent_scores` uploads read and scored at once (503 +
 Retry-After beyond), and a Host allow-list when a token guards an API bound beyond loopback
@@ -28,6 +29,7 @@ import email.parser
 import email.policy
 import errno
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -481,6 +483,30 @@ class ApiServer:
             self._thread.join(2.0)
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The request's socket as a raw stream whose reads share one deadline.
+
+    A per-read socket timeout bounds silence only: a client sending one header byte every
+    few seconds would hold its connection forever. While `deadline` is set (monotonic
+    seconds), each read waits at most until it; None leaves the socket's own timeout.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            remaining_s = self.deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise TimeoutError("the request headers did not arrive in time")
+            self._sock.settimeout(remaining_s)
+        return self._sock.recv_into(buffer)
+
+
 class _Reply(Exception):
     """A response decided inside a route (an error with its status), sent by the dispatcher."""
 
@@ -594,6 +620,14 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()  # applies self.timeout (the header timeout) to the socket
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile.close()  # the stdlib's reader; this one shares the socket, not closes it
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # Request line and headers: header_timeout_s in all, however slowly they trickle.
+        self._reader.deadline = time.monotonic() + self.api.header_timeout_s
+        super().handle_one_request()
 
     # ----------------------------------------------------------------- responses
 
@@ -694,6 +728,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ----------------------------------------------------------------- dispatch
 
     def _dispatch(self) -> None:
+        self._reader.deadline = None  # headers are in; a body read has its own timeout
         try:
             if not self.api.host_allowed(self.headers.get("Host")):
                 raise _Reply(

@@ -425,6 +425,27 @@ def test_slowloris_headers_time_out_and_free_the_slot(scorer: Scorer, state: Age
         server.stop()
 
 
+def test_headers_trickled_byte_by_byte_still_hit_the_deadline(
+    scorer: Scorer, state: AgentState
+) -> None:
+    """A per-read timeout alone never fires for a client that sends a byte every 0.05 s."""
+    server = _server(scorer, state, header_timeout_s=0.3)
+    try:
+        with socket.create_connection(server.address, timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+            hung_up = False
+            for _ in range(200):  # 10 s of trickling at most; the deadline is 0.3 s
+                try:
+                    slow.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    hung_up = True
+                    break
+                time.sleep(0.05)
+            assert hung_up
+    finally:
+        server.stop()
+
+
 def test_connections_over_the_cap_get_503_with_retry_after(
     scorer: Scorer, state: AgentState
 ) -> None:
