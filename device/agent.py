@@ -7,38 +7,140 @@ result for /status and /metrics, and writes events (decision changes, heartbeats
 every window where asked). A stop request (SIGTERM/SIGINT, installed by the cli) is
 honoured after the current chunk's windows are scored: the events are flushed, the stream
 closed, and run() returns 0. The end of a finite source (a file, stdin) scores the tail
-windows a file of the same audio has and also returns 0.
+windows a file of the same audio has and also returns 0; a reader thread that died of an
+error returns 1, so systemd's Restart=on-failure restarts the agent.
+
+Faults keep detection alive: an event that cannot be written to the event file (a full
+disk) is logged, counted in /metrics and turns /health "degraded" while detection goes on
+to stdout and the API; the file recovers by itself when writes succeed again. Under systemd
+(Type=notify) the agent sends READY=1 once listening and WATCHDOG=1 from its main loop while
+that loop runs and windows keep coming, so a hung or stalled agent is restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from device.api import AgentState, ApiServer
 from device.audio import SAMPLE_RATE
+from device.bundle import BundleError
 from device.config import Settings, parse_listen, require_token_if_exposed, resolve_token
 from device.events import (
     EVENT_SCHEMA_VERSION,
     EventFile,
+    EventFileError,
     FileSink,
     StdoutSink,
     utc_now_iso,
 )
 from device.runtime import Scorer
 from device.sources import END, FileSource, MicSource, Source, SourceError, StdinSource
-from device.stream import DecisionSettings, StreamPipeline, WindowResult
+from device.stream import StreamPipeline, WindowResult
 
 log = logging.getLogger("device.agent")
+
+
+EXIT_SOURCE_FAILED = 1
+"""run()'s status when the source's reader died of an error (systemd restarts on it)."""
 
 
 class Sink(Protocol):
     def write(self, event: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SdNotify:
+    """systemd's notify protocol over $NOTIFY_SOCKET (a datagram socket), stdlib only.
+
+    Does nothing when not started by systemd with Type=notify. `watchdog_s` is WatchdogSec
+    ($WATCHDOG_USEC) when systemd asks this process for keep-alives, else None.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        path = environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + path[1:] if path.startswith("@") else path
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        for_us = not pid or (pid.isdigit() and int(pid) == os.getpid())
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and for_us else None
+        self._warned = False
+
+    def send(self, message: str) -> bool:
+        if not self.address:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(message.encode(), self.address)
+        except OSError as error:
+            if not self._warned:
+                log.warning("sd_notify to %s failed (%s)", self.address, error)
+                self._warned = True
+            return False
+        return True
+
+
+_PROBE = """
+import importlib, sys
+import numpy as np
+interpreter = importlib.import_module(sys.argv[1]).Interpreter(model_path=sys.argv[2])
+interpreter.allocate_tensors()
+for detail in interpreter.get_input_details():
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+interpreter.invoke()
+"""
+
+PROBE_TIMEOUT_S = 120.0
+
+
+def probe_model(bundle: str | Path, model_format: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Load the bundle's model and run it once in a child process first.
+
+    A damaged or tampered model (its manifest hash recomputed) can crash the interpreter
+    outright: 21 of 30 byte-flipped fixture models died of SIGSEGV or SIGBUS. In a child the
+    crash becomes a BundleError naming the signal instead of killing the agent (or a whole
+    `score` batch). The child imports only numpy and the interpreter module this process
+    chose (about 0.2 s, not the 1.4 s of device.runtime with scipy). A child that fails
+    with a Python error says nothing here: loading in process then reports that error.
+    """
+    from device.bundle import load_bundle
+    from device.runtime import find_interpreter
+
+    model_path = load_bundle(bundle).model_path(model_format)
+    runtime = find_interpreter()
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _PROBE, runtime.module, str(model_path)],
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise BundleError(
+            f"{model_path}: the model did not load and run within {timeout_s:g} s in a probe "
+            "process"
+        ) from error
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        raise BundleError(
+            f"{model_path}: the model crashed the interpreter ({name}) when run in a probe "
+            "process: the model file is damaged or was altered; copy the bundle again from "
+            "its source"
+        )
+    if child.returncode != 0:
+        tail = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+        log.debug("model probe exited %d: %s", child.returncode, tail)
 
 
 def build_source(settings: Settings) -> Source:
@@ -89,20 +191,17 @@ class Agent:
         self.sinks = sinks
         self.api = api
         self.state = state
-        d = settings.decision
-        self.pipeline = StreamPipeline(
-            scorer,
-            DecisionSettings(
-                threshold=scorer.threshold,
-                smoothing_windows=d.smoothing_windows,
-                margin=d.margin,
-                silence_windows=d.silence_windows,
-            ),
-        )
+        self.pipeline = StreamPipeline(scorer, settings.decision.with_threshold(scorer.threshold))
         self.heartbeat_s = settings.events.heartbeat_s
         self._stop = threading.Event()
         self._stop_reason = ""
         self._last_event_s = time.monotonic()
+        self.notify = SdNotify()
+        self._last_watchdog_s = 0.0
+        stall_s = settings.source.stall_s
+        # Expected audio: a window needs window + hop samples at most after the last one.
+        floor_s = (scorer.window_samples + scorer.hop_samples) / SAMPLE_RATE
+        state.stall_after_s = max(stall_s, floor_s) if stall_s > 0 else None
 
     def request_stop(self, reason: str) -> None:
         """Ask run() to finish the current chunk and return (safe from a signal handler)."""
@@ -114,9 +213,39 @@ class Agent:
 
     def _emit(self, event: dict[str, Any]) -> None:
         for sink in self.sinks:
-            sink.write(event)
+            try:
+                sink.write(event)
+            except EventFileError as error:  # a full disk must not end detection
+                first = not self.state.event_file_error
+                self.state.event_write_failed(str(error))
+                if first or self.state.event_write_errors % 100 == 0:
+                    log.error(
+                        "%s; detection goes on (stdout, API); %d event(s) not written so far",
+                        error,
+                        self.state.event_write_errors,
+                    )
+                continue
+            if isinstance(sink, FileSink) and self.state.event_file_error:
+                log.warning(
+                    "event file writable again after %d lost event(s)",
+                    self.state.event_write_errors,
+                )
+                self.state.event_write_recovered()
         if event["type"] != "window":
             self._last_event_s = time.monotonic()
+
+    def _maybe_watchdog(self) -> None:
+        """WATCHDOG=1 at half the interval, unless the source runs but no window comes."""
+        if self.notify.watchdog_s is None:
+            return
+        now = time.monotonic()
+        if now - self._last_watchdog_s < self.notify.watchdog_s / 2:
+            return
+        status, _ = self.state.health()
+        stalled = status == "unhealthy" and self.source.stats.state == "running"
+        if not stalled:
+            self.notify.send("WATCHDOG=1")
+            self._last_watchdog_s = now
 
     def _base(self, kind: str) -> dict[str, Any]:
         return {
@@ -198,8 +327,11 @@ class Agent:
             start["api"] = "http://{}:{}".format(*self.api.address)
         self._emit(start)
         reason = "end of stream"
+        status = 0
         started = time.monotonic()
         self.source.start()
+        self.state.started_monotonic = time.monotonic()
+        self.notify.send(f"READY=1\nSTATUS=listening to {self.source.name}")
         try:
             while True:
                 if self._stop.is_set():
@@ -209,11 +341,16 @@ class Agent:
                 self._source_events()
                 if item is END:
                     self._handle(self.pipeline.finish())
+                    if self.source.failure:
+                        reason = f"source failed: {self.source.failure}"
+                        status = EXIT_SOURCE_FAILED
                     break
                 if item is not None:
                     self._handle(self.pipeline.feed(item))
                 self._maybe_heartbeat()
+                self._maybe_watchdog()
         finally:
+            self.notify.send("STOPPING=1")
             self.source.stop()
             self.state.running = False
             stop = self._base("stop")
@@ -231,15 +368,21 @@ class Agent:
                 self._emit(stop)
             finally:
                 for sink in self.sinks:
-                    sink.close()
+                    try:
+                        sink.close()
+                    except OSError as error:  # e.g. the final fsync on a failing disk
+                        log.error("closing an event sink failed: %s", error)
                 if self.api is not None:
                     self.api.stop()
-        return 0
+        if status:
+            log.error("%s; exiting with status %d", reason, status)
+        return status
 
 
 def build_agent(settings: Settings, stdout: Any = None) -> Agent:
     """Everything `listen` needs, from settings; raises BundleError/SourceError/ConfigError/..."""
     m = settings.model
+    probe_model(m.bundle, m.model_format)
     scorer = Scorer(
         m.bundle,
         model_format=m.model_format,
@@ -271,6 +414,20 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
     api = None
     if settings.api.listen:
         host, port = parse_listen(settings.api.listen)
-        api = ApiServer(host, port, scorer, state, api_token, settings.api.max_upload_bytes)
+        a = settings.api
+        api = ApiServer(
+            host,
+            port,
+            scorer,
+            state,
+            api_token,
+            a.max_upload_bytes,
+            max_connections=a.max_connections,
+            max_concurrent_scores=a.max_concurrent_scores,
+            header_timeout_s=a.header_timeout_s,
+            body_timeout_s=a.body_timeout_s,
+            allowed_hosts=a.allowed_hosts,
+            max_audio_s=a.max_audio_s,
+        )
         api.start()
     return Agent(settings, scorer, source, sinks, api, state)

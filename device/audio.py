@@ -13,11 +13,12 @@ Only numpy, scipy and soundfile are used: this module runs on the Pi.
 
 from __future__ import annotations
 
-import io
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -34,6 +35,28 @@ NORMALIZATION_RULE = "per-window: subtract the mean, then divide by the peak |x|
 
 _PEAK_EPSILON = 1e-8
 
+MIN_SAMPLE_RATE_HZ = 4_000
+MAX_SAMPLE_RATE_HZ = 384_000
+"""Files declaring a sample rate outside this range are refused before decoding."""
+
+MAX_CHANNELS = 32
+"""Files declaring more channels are refused before decoding."""
+
+MAX_RESAMPLE_FACTOR = 16_000
+"""Largest reduced up/down factor accepted for resampling to 16 kHz.
+
+scipy's polyphase filter has 20 * max(up, down) + 1 taps, so its memory and time grow with
+the reduced ratio, not the rate: 1,000,003 Hz (ratio 16000/1000003) took 905 MB and 3.3 s.
+Every common rate reduces far below this (44100 -> 160/441, 48000 -> 1/3, 22050 -> 320/441).
+"""
+
+DEFAULT_MAX_DURATION_S = 300.0
+"""Longest file (declared frames / rate) decoded by default; longer ones are refused unread."""
+
+MAX_DECODED_BYTES = 128 * 1024 * 1024
+"""Largest decoded float32 array (frames x channels x 4 bytes) under a duration limit:
+300 s of 48 kHz stereo is 110 MiB; 300 s of 384 kHz x 32 channels (14 GiB) is refused."""
+
 
 class AudioError(ValueError):
     """An audio file or buffer that cannot be used, with the file and the problem named."""
@@ -42,6 +65,49 @@ class AudioError(ValueError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+class AudioLimitError(AudioError):
+    """A file refused from its header, before decoding: rate, channels or length out of bounds."""
+
+
+def check_decode_limits(
+    source: str | Path,
+    sample_rate: int,
+    channels: int,
+    frames: int,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> None:
+    """Raise AudioLimitError when a header declares audio too costly to decode and resample."""
+    if not MIN_SAMPLE_RATE_HZ <= sample_rate <= MAX_SAMPLE_RATE_HZ:
+        raise AudioLimitError(
+            source,
+            f"sample rate {sample_rate} Hz is out of range: expected "
+            f"{MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz",
+        )
+    up, down = resample_ratio(sample_rate)
+    if max(up, down) > MAX_RESAMPLE_FACTOR:
+        raise AudioLimitError(
+            source,
+            f"sample rate {sample_rate} Hz resamples to {SAMPLE_RATE} Hz only by {up}/{down}, "
+            f"a filter of {20 * max(up, down) + 1} taps; expected a rate whose ratio reduces to "
+            f"at most {MAX_RESAMPLE_FACTOR} (44100, 48000, 22050, 96000 ... all do)",
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioLimitError(source, f"{channels} channels declared: expected 1-{MAX_CHANNELS}")
+    if max_duration_s is not None and frames > max_duration_s * sample_rate:
+        raise AudioLimitError(
+            source,
+            f"{frames} frames at {sample_rate} Hz is {frames / sample_rate:.1f} s of audio: "
+            f"expected at most {max_duration_s:g} s (the decode limit)",
+        )
+    decoded_bytes = frames * channels * 4
+    if max_duration_s is not None and decoded_bytes > MAX_DECODED_BYTES:
+        raise AudioLimitError(
+            source,
+            f"{frames} frames x {channels} channels decode to {decoded_bytes / 2**20:.0f} MiB: "
+            f"expected at most {MAX_DECODED_BYTES / 2**20:.0f} MiB",
+        )
 
 
 @dataclass(frozen=True)
@@ -63,31 +129,36 @@ class AudioInfo:
 # --------------------------------------------------------------------------- decoding
 
 
-def _describe_bytes(data: bytes) -> str:
-    head = data[:12]
-    if not data:
+def _describe_bytes(head: bytes, size: int) -> str:
+    """`head`: the first bytes of a file of `size` bytes."""
+    if not size:
         return "the file is empty (0 bytes)"
-    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
-    return f"{len(data)} bytes starting with {printable!r}"
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in head[:12])
+    return f"{size} bytes starting with {printable!r}"
 
 
-def _check_riff_complete(path: Path, data: bytes) -> None:
+def _check_riff_complete(path: Path, handle: BinaryIO, size: int) -> None:
     """Refuse a RIFF/WAVE file whose data chunk is shorter than its header says.
 
     libsndfile quietly reads what is there from a truncated WAV; a truncated file in a
-    dataset is a broken file, so say so instead of scoring half of it.
+    dataset is a broken file, so say so instead of scoring half of it. Reads only the chunk
+    headers (seeking past the bodies), never the whole file.
     """
-    if len(data) < 12 or data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
         return
-    if data[:4] == b"RF64":
+    if head[:4] == b"RF64":
         return  # sizes live in the ds64 chunk; libsndfile checks those itself
     offset = 12
-    while offset + 8 <= len(data):
-        chunk_id = data[offset : offset + 4]
-        (chunk_bytes,) = struct.unpack("<I", data[offset + 4 : offset + 8])
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk_head = handle.read(8)
+        chunk_id = chunk_head[:4]
+        (chunk_bytes,) = struct.unpack("<I", chunk_head[4:8])
         body_start = offset + 8
         if chunk_id == b"data":
-            available = len(data) - body_start
+            available = size - body_start
             if chunk_bytes != 0xFFFFFFFF and available < chunk_bytes:
                 raise AudioError(
                     path,
@@ -116,33 +187,48 @@ def read_info(path: str | Path) -> AudioInfo:
     )
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, int]:
+def decode(
+    path: str | Path, max_duration_s: float | None = DEFAULT_MAX_DURATION_S
+) -> tuple[np.ndarray, int]:
     """Decode any file libsndfile reads (WAV of any sample format, FLAC, OGG, MP3...).
 
     The container is recognised from the bytes, not the file name, so a ".wav" that
     holds FLAC loads. Returns float32 samples shaped (frames, channels) and the rate.
+    The header is checked first (`check_decode_limits`): a file declaring an absurd rate,
+    channel count or more than `max_duration_s` (None: no limit) is refused unread.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            head = handle.read(12)
+            if size:
+                _check_riff_complete(path, handle, size)
     except FileNotFoundError as error:
         raise AudioError(path, "file not found") from error
     except IsADirectoryError as error:
         raise AudioError(path, "expected an audio file, got a directory") from error
     except OSError as error:
         raise AudioError(path, f"cannot read the file ({error.strerror})") from error
-    if not data:
+    if not size:
         raise AudioError(path, "the file is empty (0 bytes); expected audio")
-    _check_riff_complete(path, data)
     try:
-        samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        # By path, not from a BytesIO: soundfile's virtual-I/O callbacks need write+execute
+        # memory (cffi), which MemoryDenyWriteExecute in the systemd unit refuses.
+        with sf.SoundFile(str(path)) as handle:
+            sample_rate = int(handle.samplerate)
+            check_decode_limits(
+                path, sample_rate, int(handle.channels), int(handle.frames), max_duration_s
+            )
+            # What sf.read does after opening: every declared frame, no more.
+            samples = handle.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(
             path,
             f"not a readable audio file: expected WAV, FLAC, OGG or MP3, got "
-            f"{_describe_bytes(data)} ({error})",
+            f"{_describe_bytes(head, size)} ({error})",
         ) from error
-    return _validated(samples, int(sample_rate), path), int(sample_rate)
+    return _validated(samples, sample_rate, path), sample_rate
 
 
 def _validated(samples: np.ndarray, sample_rate: int, source: str | Path) -> np.ndarray:
@@ -280,9 +366,13 @@ class StreamingResampler:
 # --------------------------------------------------------------------------- loading
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(
+    path: str | Path,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> np.ndarray:
     """Decode a file to mono float32 at `sample_rate` (16 kHz): the model's input signal."""
-    samples, file_rate = decode(path)
+    samples, file_rate = decode(path, max_duration_s)
     mono = to_mono(samples)
     return resample(mono, file_rate, sample_rate)
 
@@ -396,3 +486,23 @@ def windows_from_file(
 ) -> Windows:
     """Decode, downmix, resample and window a file, exactly as the device does."""
     return windows_from_signal(load_audio(path), window_samples, hop_samples, silence_floor_dbfs)
+
+
+def windows_for_scoring(
+    path: str | Path,
+    window_samples: int,
+    hop_samples: int,
+    silence_floor_dbfs: float = DEFAULT_SILENCE_FLOOR_DBFS,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> Windows:
+    """`windows_from_file` (the same numbers) for a file to be scored: bounded decode, and a
+    file shorter than one window is refused as "too short" instead of scored as padding."""
+    signal = load_audio(path, SAMPLE_RATE, max_duration_s)
+    if signal.size < window_samples:
+        raise AudioError(
+            path,
+            f"too short: {signal.size} samples at {SAMPLE_RATE} Hz "
+            f"({signal.size / SAMPLE_RATE:.4f} s); expected at least one window of "
+            f"{window_samples} samples ({window_samples / SAMPLE_RATE:g} s)",
+        )
+    return windows_from_signal(signal, window_samples, hop_samples, silence_floor_dbfs)

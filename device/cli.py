@@ -22,9 +22,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from device.audio import AudioError
+from device.audio import DEFAULT_MAX_DURATION_S, AudioError
 from device.bundle import BundleError
-from device.config import ConfigError, Settings, load_settings, override
+from device.config import (
+    TOKEN_ENV,
+    ApiSettings,
+    ConfigError,
+    DecisionSettings,
+    EventSettings,
+    ModelSettings,
+    Settings,
+    SourceSettings,
+    load_settings,
+    override,
+)
 from device.runtime import MODEL_FORMATS, InterpreterUnavailableError
 
 log = logging.getLogger("device.cli")
@@ -47,75 +58,204 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     devices = sub.add_parser("devices", help="list capture devices (PyAudio)")
-    devices.add_argument("--json", action="store_true", help="one JSON line per device")
+    devices.add_argument(
+        "--json", action="store_true", help="one JSON line per device (default: a table)"
+    )
 
     score = sub.add_parser("score", help="score audio files, one line per file")
-    score.add_argument("files", nargs="+", metavar="FILE")
-    score.add_argument("--bundle", required=True, metavar="DIR")
+    score.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3)")
+    score.add_argument(
+        "--bundle", required=True, metavar="DIR", help="model bundle directory (required)"
+    )
     score.add_argument(
         "--model", choices=MODEL_FORMATS, default="int8", help="model format (default int8)"
     )
-    score.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     score.add_argument(
-        "--threshold", type=float, default=None, help="P(spoof) threshold (default: the manifest's)"
+        "--threads", type=int, default=1, metavar="N", help="interpreter threads (default 1)"
     )
-    score.add_argument("--json", action="store_true", help="one JSON object per line")
     score.add_argument(
-        "--windows", action="store_true", help="include every window's P(spoof) (window_scores)"
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="P(spoof) threshold (default: the manifest's)",
+    )
+    score.add_argument(
+        "--json", action="store_true", help="one JSON object per line (default: short text)"
+    )
+    score.add_argument(
+        "--windows",
+        action="store_true",
+        help="include every window's P(spoof) (window_scores; default off)",
+    )
+    score.add_argument(
+        "--max-audio-s",
+        type=float,
+        default=DEFAULT_MAX_DURATION_S,
+        metavar="S",
+        help="refuse files declaring more audio than this, in seconds, before decoding "
+        f"(default {DEFAULT_MAX_DURATION_S:g})",
     )
 
     listen = sub.add_parser("listen", help="score a stream and report decisions")
-    listen.add_argument("--config", metavar="FILE.toml", help="settings file (flags override)")
-    listen.add_argument("--bundle", metavar="DIR")
-    listen.add_argument("--model", choices=MODEL_FORMATS, default=None)
-    listen.add_argument("--threads", type=int, default=None)
-    listen.add_argument("--threshold", type=float, default=None)
-    listen.add_argument(
+    _listen_options(listen)
+    return parser
+
+
+def _listen_options(listen: argparse.ArgumentParser) -> None:
+    """`listen` flags; each overrides the settings-file key named in its help (defaults shown)."""
+    m, src, d, e, a = (
+        ModelSettings(),
+        SourceSettings(),
+        DecisionSettings(),
+        EventSettings(),
+        ApiSettings(),
+    )
+    add = listen.add_argument
+    add("--config", metavar="FILE.toml", help="settings file; flags override it (default: none)")
+    add(
+        "--bundle",
+        metavar="DIR",
+        help="model bundle directory with manifest.json (required, here or as [model] bundle)",
+    )
+    add(
+        "--model",
+        choices=MODEL_FORMATS,
+        default=None,
+        help=f"model format (default {m.model_format})",
+    )
+    add(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"interpreter threads (default {m.num_threads})",
+    )
+    add(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="P(spoof) decision threshold, strictly between 0 and 1 (default: the manifest's)",
+    )
+    add(
         "--source",
         metavar="mic|stdin|FILE",
-        help="a microphone, raw s16le PCM on stdin, or an audio file",
+        help=f"a microphone, raw s16le PCM on stdin, or an audio file (default {src.kind})",
     )
-    listen.add_argument("--device", metavar="NAME", help="mic: index or name substring")
-    listen.add_argument(
+    add(
+        "--device",
+        metavar="NAME",
+        help="mic: device index or name substring (default: the default input)",
+    )
+    add(
         "--rate",
         type=int,
         default=None,
         metavar="HZ",
-        help="stdin: sample rate (required); mic: force a capture rate",
+        help="stdin: sample rate in Hz (required); mic: force a capture rate "
+        "(default: first of 48000, 44100, 16000 the device supports)",
     )
-    listen.add_argument("--channels", type=int, default=None)
-    listen.add_argument("--chunk-ms", type=float, default=None)
-    listen.add_argument("--queue-chunks", type=int, default=None)
-    listen.add_argument(
-        "--realtime", action="store_true", default=None, help="file: replay at real-time pace"
+    add(
+        "--channels",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"channels captured or on stdin, downmixed to mono (default {src.channels})",
     )
-    listen.add_argument(
-        "--max-seconds", type=float, default=None, help="stop after this much audio"
+    add(
+        "--chunk-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help=f"audio per read from the source, in ms (default {src.chunk_ms:g})",
     )
-    listen.add_argument("--smoothing-windows", type=int, default=None)
-    listen.add_argument("--margin", type=float, default=None, help="hysteresis margin")
-    listen.add_argument("--silence-windows", type=int, default=None)
-    listen.add_argument("--events-file", metavar="PATH", default=None)
-    listen.add_argument("--heartbeat-s", type=float, default=None)
-    listen.add_argument(
+    add(
+        "--queue-chunks",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"chunks buffered between reader and scorer (default {src.queue_chunks})",
+    )
+    add(
+        "--realtime",
+        action="store_true",
+        default=None,
+        help="file: replay at real-time pace (default: as fast as scored)",
+    )
+    add(
+        "--max-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after this many seconds of audio (default: no limit)",
+    )
+    add(
+        "--smoothing-windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"non-silent windows averaged for a decision (default {d.smoothing_windows})",
+    )
+    add(
+        "--margin",
+        type=float,
+        default=None,
+        metavar="P",
+        help=f"hysteresis around the threshold, in P(spoof) (default {d.margin:g})",
+    )
+    add(
+        "--silence-windows",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"consecutive silent windows before 'silence' (default {d.silence_windows})",
+    )
+    add(
+        "--events-file",
+        metavar="PATH",
+        default=None,
+        help="append events as JSON lines to this file, rotated (default: none)",
+    )
+    add(
+        "--heartbeat-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"seconds without an event before a heartbeat (default {e.heartbeat_s:g})",
+    )
+    add(
         "--json",
         action="store_true",
         default=None,
-        help="stdout: JSON lines, one per window (plus decisions, heartbeats)",
+        help="stdout: JSON lines, one per window plus decisions, heartbeats (default: short text)",
     )
-    listen.add_argument(
+    add(
         "--every-window",
         action="store_true",
         default=None,
-        help="write an event for every window, not only decision changes",
+        help="write an event for every window, not only decision changes (default off)",
     )
-    listen.add_argument("--quiet", action="store_true", help="no events on stdout")
-    listen.add_argument(
-        "--api", metavar="HOST:PORT", default=None, help="serve the HTTP API (e.g. 127.0.0.1:8787)"
+    add("--quiet", action="store_true", help="no events on stdout (default off)")
+    add(
+        "--api",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the HTTP API, e.g. 127.0.0.1:8787 (default: no API)",
     )
-    listen.add_argument("--api-token-file", metavar="PATH", default=None)
-    listen.add_argument("--max-upload-bytes", type=int, default=None)
-    return parser
+    add(
+        "--api-token-file",
+        metavar="PATH",
+        default=None,
+        help=f"bearer token file, mode 0600 (default: ${TOKEN_ENV}, else no token)",
+    )
+    add(
+        "--max-upload-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help=f"largest POST /score body in bytes (default {a.max_upload_bytes})",
+    )
 
 
 def _print_json(payload: Any) -> None:
@@ -153,17 +293,29 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from device.agent import probe_model
     from device.runtime import Scorer, score_files
+    from device.sources import c_stderr_to_debug
 
     try:
-        scorer = Scorer(
-            args.bundle, model_format=args.model, num_threads=args.threads, threshold=args.threshold
-        )
+        probe_model(args.bundle, args.model)  # a crashing model: an error, not a dead batch
+        with c_stderr_to_debug("LiteRT"):  # its "Created ... XNNPACK delegate" INFO line
+            scorer = Scorer(
+                args.bundle,
+                model_format=args.model,
+                num_threads=args.threads,
+                threshold=args.threshold,
+            )
     except (BundleError, InterpreterUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
-    for result in score_files(scorer, args.files, window_scores=args.windows):
+    if not args.max_audio_s > 0:
+        print(
+            f"error: --max-audio-s: expected seconds > 0, got {args.max_audio_s}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    for result in score_files(scorer, args.files, args.windows, args.max_audio_s):
         failed += "error" in result
         if args.json:
             _print_json(result)
@@ -239,11 +391,12 @@ def listen_settings(args: argparse.Namespace) -> Settings:
 def cmd_listen(args: argparse.Namespace) -> int:
     from device.agent import build_agent
     from device.events import EventFileError
-    from device.sources import SourceError
+    from device.sources import SourceError, c_stderr_to_debug
 
     try:
         settings = listen_settings(args)
-        agent = build_agent(settings)
+        with c_stderr_to_debug("LiteRT and PortAudio"):
+            agent = build_agent(settings)
     except (
         ConfigError,
         BundleError,

@@ -3,9 +3,12 @@
     [model]     bundle, model_format (int8|fp32), num_threads, threshold, silence_floor_dbfs
     [source]    kind (mic|stdin|file), path, device, sample_rate, channels, chunk_ms,
                 queue_chunks, realtime, backoff_initial_s, backoff_max_s, max_seconds
-    [decision]  smoothing_windows, margin, silence_windows
+    [decision]  smoothing_windows, margin, silence_windows (DecisionSettings, also used by
+                device.stream: one type, one place for the defaults and their validation)
     [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
-    [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes
+    [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes, max_audio_s,
+                max_connections, max_concurrent_scores, header_timeout_s, body_timeout_s,
+                allowed_hosts
 
 See deploy/clad-agent.toml for a commented example. The API token is never a setting
 value that gets echoed: it comes from `api.token_file` or the CLAD_AGENT_TOKEN variable.
@@ -15,13 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 TOKEN_ENV = "CLAD_AGENT_TOKEN"
+
+MAX_SMOOTHING_WINDOWS = 100
+"""Beyond this an alarm needs minutes of unbroken sound (N non-silent windows in a row)."""
+MAX_SILENCE_WINDOWS = 1000
+MAX_CHUNK_MS = 5000.0
+"""One device read; a larger one needs a buffer the reader cannot hold (1e9 crashed it)."""
+MAX_QUEUE_CHUNKS = 10_000
+MAX_CHANNELS = 32
+MIN_RATE_HZ, MAX_RATE_HZ = 4_000, 384_000  # as device.audio refuses files outside it
 
 
 class ConfigError(ValueError):
@@ -52,13 +66,62 @@ class SourceSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     max_seconds: float | None = None  # stop after this much audio
+    stall_s: float = 10.0  # /health unhealthy (and no watchdog ping) after this long without
+    # a scored window while the source runs; 0 = never
 
 
 @dataclass(frozen=True)
-class DecisionConfig:
+class DecisionSettings:
+    """How a stream's window scores become a decision (device.stream.Decider).
+
+    smoothed = mean P(spoof) of the last `smoothing_windows` non-silent windows (a mean of
+    probabilities, not of logits, so one extreme window moves it by at most 1/N).
+    Enter "spoof" when smoothed >= threshold + margin over a full history (N non-silent
+    windows since the last silence, so one odd window at an onset cannot raise it); leave
+    it when smoothed < threshold - margin. Otherwise a sound is "bonafide".
+    `silence_windows` consecutive silent windows -> "silence", and the history starts
+    afresh with the next sound. `threshold` None: the model's ([model] threshold or the
+    manifest's); it is not a [decision] key. Values that make an alarm impossible (or
+    impossible to leave) are refused with ConfigError (a ValueError).
+    """
+
+    threshold: float | None = None
     smoothing_windows: int = 3
     margin: float = 0.05
     silence_windows: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.smoothing_windows <= MAX_SMOOTHING_WINDOWS:
+            raise ConfigError(
+                f"decision.smoothing_windows: expected 1-{MAX_SMOOTHING_WINDOWS}, got "
+                f"{self.smoothing_windows}"
+            )
+        if not 1 <= self.silence_windows <= MAX_SILENCE_WINDOWS:
+            raise ConfigError(
+                f"decision.silence_windows: expected 1-{MAX_SILENCE_WINDOWS}, got "
+                f"{self.silence_windows}"
+            )
+        if not 0.0 <= self.margin < 0.5:
+            raise ConfigError(f"decision.margin: expected a value in [0, 0.5), got {self.margin}")
+        if self.threshold is not None:
+            check_threshold(self.threshold)
+            if self.threshold + self.margin > 1.0 or self.threshold - self.margin <= 0.0:
+                raise ConfigError(
+                    f"threshold {self.threshold} with margin {self.margin}: expected "
+                    "0 < threshold - margin and threshold + margin <= 1 (otherwise a spoof "
+                    "alarm can never be raised, or never end)"
+                )
+
+    def with_threshold(self, threshold: float) -> DecisionSettings:
+        return dataclasses.replace(self, threshold=threshold)
+
+
+def check_threshold(threshold: float, where: str = "threshold") -> None:
+    if not (math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise ConfigError(
+            f"{where}: expected a P(spoof) strictly between 0 and 1, got {threshold} "
+            "(at 1 or above no window can raise an alarm; at 0 or below every window does)"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,13 +141,19 @@ class ApiSettings:
     listen: str = ""  # HOST:PORT; empty: no API
     token_file: str = ""
     max_upload_bytes: int = 20_000_000
+    max_audio_s: float = 300.0  # POST /score: longer audio (declared in the header) is refused
+    max_connections: int = 32  # more at once get 503 + Retry-After
+    max_concurrent_scores: int = 2  # uploads read and scored at once; more get 503
+    header_timeout_s: float = 10.0  # socket silence allowed while reading request headers
+    body_timeout_s: float = 30.0  # socket silence allowed while reading an upload
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted beyond loopback (with a token)
 
 
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
-    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    decision: DecisionSettings = field(default_factory=DecisionSettings)
     events: EventSettings = field(default_factory=EventSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
 
@@ -95,7 +164,7 @@ class Settings:
 _SECTION_CLASSES = {
     "model": ModelSettings,
     "source": SourceSettings,
-    "decision": DecisionConfig,
+    "decision": DecisionSettings,
     "events": EventSettings,
     "api": ApiSettings,
 }
@@ -105,6 +174,7 @@ _KINDS = {
     "float": (int, float),
     "bool": (bool,),
     "float | None": (int, float),
+    "tuple[str, ...]": (list, tuple),
 }
 
 
@@ -116,17 +186,28 @@ def _coerce(where: str, type_name: str, value: Any) -> Any:
         raise ConfigError(f"{where}: expected {type_name}, got {type(value).__name__} {value!r}")
     if type_name in ("float", "float | None"):
         return float(value)
+    if type_name == "tuple[str, ...]":
+        if not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
     return value
 
 
+_NOT_SETTINGS = {DecisionSettings: {"threshold"}}  # set at run time from [model] threshold
+
+
 def _section(cls: type, values: dict[str, Any], where: str, base: Any = None) -> Any:
-    known = {f.name: str(f.type) for f in fields(cls)}
+    excluded = _NOT_SETTINGS.get(cls, set())
+    known = {f.name: str(f.type) for f in fields(cls) if f.name not in excluded}
     changes = {}
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown setting {key!r}; expected one of {sorted(known)}")
         changes[key] = _coerce(f"{where}.{key}", known[key], value)
-    return dataclasses.replace(base if base is not None else cls(), **changes)
+    try:
+        return dataclasses.replace(base if base is not None else cls(), **changes)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
 
 
 def load_settings(path: str | Path | None = None, base: Settings | None = None) -> Settings:
@@ -179,16 +260,31 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"model.model_format: expected int8 or fp32, got {m.model_format!r}")
     if m.num_threads < 1:
         raise ConfigError(f"model.num_threads: expected >= 1, got {m.num_threads}")
-    if m.threshold is not None and not 0.0 <= m.threshold <= 1.0:
-        raise ConfigError(f"model.threshold: expected a P(spoof) in [0, 1], got {m.threshold}")
+    if m.threshold is not None:
+        check_threshold(m.threshold, "model.threshold")
+        d.with_threshold(m.threshold)  # with the margin: can an alarm be raised and end?
+    if m.silence_floor_dbfs is not None and not -200.0 < m.silence_floor_dbfs < 0.0:
+        raise ConfigError(
+            f"model.silence_floor_dbfs: expected -200 < floor < 0 dBFS, got "
+            f"{m.silence_floor_dbfs} (no window is louder than 0 dBFS: every one would be "
+            "silence, and no alarm possible)"
+        )
     if s.kind not in ("mic", "stdin", "file"):
         raise ConfigError(f"source.kind: expected mic, stdin or file, got {s.kind!r}")
     if s.kind == "file" and not s.path:
         raise ConfigError("source.path: the file source needs a path")
-    if s.sample_rate < 0 or s.channels < 1 or s.chunk_ms <= 0 or s.queue_chunks < 1:
+    if s.sample_rate != 0 and not MIN_RATE_HZ <= s.sample_rate <= MAX_RATE_HZ:
         raise ConfigError(
-            "source: expected sample_rate >= 0, channels >= 1, chunk_ms > 0, queue_chunks >= 1; "
-            f"got {s.sample_rate}, {s.channels}, {s.chunk_ms}, {s.queue_chunks}"
+            f"source.sample_rate: expected 0 (automatic) or {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz, "
+            f"got {s.sample_rate}"
+        )
+    if not 1 <= s.channels <= MAX_CHANNELS:
+        raise ConfigError(f"source.channels: expected 1-{MAX_CHANNELS}, got {s.channels}")
+    if not 1.0 <= s.chunk_ms <= MAX_CHUNK_MS:
+        raise ConfigError(f"source.chunk_ms: expected 1-{MAX_CHUNK_MS:g} ms, got {s.chunk_ms}")
+    if not 1 <= s.queue_chunks <= MAX_QUEUE_CHUNKS:
+        raise ConfigError(
+            f"source.queue_chunks: expected 1-{MAX_QUEUE_CHUNKS}, got {s.queue_chunks}"
         )
     if s.backoff_initial_s <= 0 or s.backoff_max_s < s.backoff_initial_s:
         raise ConfigError(
@@ -197,13 +293,8 @@ def validate(settings: Settings) -> Settings:
         )
     if s.max_seconds is not None and s.max_seconds <= 0:
         raise ConfigError(f"source.max_seconds: expected > 0, got {s.max_seconds}")
-    if d.smoothing_windows < 1 or d.silence_windows < 1:
-        raise ConfigError(
-            "decision: smoothing_windows and silence_windows must be >= 1, got "
-            f"{d.smoothing_windows} and {d.silence_windows}"
-        )
-    if not 0.0 <= d.margin < 0.5:
-        raise ConfigError(f"decision.margin: expected a value in [0, 0.5), got {d.margin}")
+    if s.stall_s < 0:
+        raise ConfigError(f"source.stall_s: expected >= 0 seconds (0 = off), got {s.stall_s}")
     if e.max_bytes < 0 or e.backups < 0 or e.heartbeat_s <= 0:
         raise ConfigError(
             "events: expected max_bytes >= 0, backups >= 0, heartbeat_s > 0; got "
@@ -211,6 +302,16 @@ def validate(settings: Settings) -> Settings:
         )
     if a.max_upload_bytes < 1:
         raise ConfigError(f"api.max_upload_bytes: expected >= 1, got {a.max_upload_bytes}")
+    if a.max_connections < 1 or a.max_concurrent_scores < 1:
+        raise ConfigError(
+            "api: expected max_connections >= 1 and max_concurrent_scores >= 1, got "
+            f"{a.max_connections} and {a.max_concurrent_scores}"
+        )
+    if not (a.max_audio_s > 0 and a.header_timeout_s > 0 and a.body_timeout_s > 0):
+        raise ConfigError(
+            "api: expected max_audio_s, header_timeout_s and body_timeout_s > 0 seconds, got "
+            f"{a.max_audio_s}, {a.header_timeout_s} and {a.body_timeout_s}"
+        )
     if a.listen:
         parse_listen(a.listen)
     return settings
@@ -242,6 +343,7 @@ def resolve_token(api: ApiSettings, environ: dict[str, str] | None = None) -> st
     if api.token_file:
         path = Path(api.token_file)
         try:
+            check_token_file_mode(path, os.stat(path))
             token = path.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise ConfigError(f"api.token_file: cannot read {path} ({error.strerror})") from error
@@ -258,4 +360,21 @@ def require_token_if_exposed(listen: str, token: str | None) -> None:
         raise ConfigError(
             f"api.listen is {listen!r}, beyond loopback: a bearer token is required; set "
             f"api.token_file (or {TOKEN_ENV}), or bind to 127.0.0.1"
+        )
+
+
+def check_token_file_mode(path: Path, info: os.stat_result) -> None:
+    """Refuse a token file others can read, or anyone but its owner can write.
+
+    Group read is allowed only for a group this process is in (the deployment's
+    root:clad 0640); any other group-readable file is refused as well.
+    """
+    mode = stat.S_IMODE(info.st_mode)
+    own_groups = {os.getgid(), *os.getgroups()}
+    group_ok = not mode & stat.S_IRGRP or info.st_gid in own_groups
+    if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP) or not group_ok:
+        raise ConfigError(
+            f"api.token_file: {path} has mode {mode:04o}: expected it readable by its owner "
+            f"(and at most the agent's group), writable by no one else; fix it with "
+            f"`chmod 0600 {path}` (or `chmod 0640` with the agent's group)"
         )

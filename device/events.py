@@ -16,7 +16,10 @@ source starts capturing, fails, reopens or ends, "heartbeat" events every
 every-window output is on. The event file is written one whole line per os.write() on
 an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line:
 `read_events` skips it, and the next EventFile opened on the file cuts it off before
-appending. The file rotates by size (events.jsonl -> events.jsonl.1 -> ...).
+appending. A write that fails (a full disk: ENOSPC) is cut back off the file at once, so a
+full disk leaves no partial line either; the write raises EventFileError, and the next one
+tries again (re-opening the file if a rotation could not), so the file recovers by itself
+when space returns. The file rotates by size (events.jsonl -> events.jsonl.1 -> ...).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class EventFile:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -123,14 +127,26 @@ class EventFile:
         )
         self._size = keep
 
-    def _write_bytes(self, data: bytes) -> None:
-        assert self._fd is not None
+    def _write_bytes(self, fd: int, data: bytes) -> None:
+        """Append one whole line, or nothing: a failed write is truncated back off the file."""
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self.fsync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError as error:
+                log.error(
+                    "%s: cannot cut a failed write back to %d bytes (%s)",
+                    self.path,
+                    self._size,
+                    error.strerror,
+                )
+            raise
         self._size += len(data)
 
     def _rotate(self) -> None:
@@ -150,12 +166,17 @@ class EventFile:
     def write(self, event: dict[str, Any]) -> None:
         line = (encode_event(event) + "\n").encode("utf-8")
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 raise EventFileError(f"{self.path}: the event file is closed")
-            if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
-                self._rotate()
             try:
-                self._write_bytes(line)
+                if self._fd is None:
+                    self._open()  # a rotation or an earlier open failed: try again
+                if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                assert self._fd is not None  # set by _open(), which raises otherwise
+                self._write_bytes(self._fd, line)
+            except EventFileError:
+                raise
             except OSError as error:
                 raise EventFileError(
                     f"{self.path}: cannot write an event ({error.strerror})"
@@ -163,11 +184,14 @@ class EventFile:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._fd is not None:
-                if self.fsync:
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+                try:
+                    if self.fsync:
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
 
 
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:

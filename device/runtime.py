@@ -294,12 +294,28 @@ class Scorer:
         return self.score_prepared(windows, str(path), window_scores)
 
 
-def score_files(scorer: Scorer, paths: Sequence[str | Path], window_scores: bool = False):
-    """Yield one result per file: the score dict, or {"file", "error"} for a file that failed."""
-    from device.audio import AudioError
+def score_files(
+    scorer: Scorer,
+    paths: Sequence[str | Path],
+    window_scores: bool = False,
+    max_duration_s: float | None = None,
+):
+    """Yield one result per file: the score dict, or {"file", "error"} for a file that failed.
 
+    Any failure of one file (bad audio, a file too short or too long, and MemoryError or any
+    other error from a library) is that file's result; the batch goes on. `max_duration_s`
+    is the decode limit (None: device.audio.DEFAULT_MAX_DURATION_S).
+    """
+    from device.audio import DEFAULT_MAX_DURATION_S, AudioError, windows_for_scoring
+
+    limit_s = DEFAULT_MAX_DURATION_S if max_duration_s is None else max_duration_s
     for path in paths:
         try:
-            yield scorer.score_file(path, window_scores)
+            windows = windows_for_scoring(
+                path, scorer.window_samples, scorer.hop_samples, scorer.silence_floor_dbfs, limit_s
+            )
+            yield scorer.score_prepared(windows, str(path), window_scores)
         except AudioError as error:
             yield {"file": str(path), "error": error.problem}
+        except Exception as error:  # one file's failure (even MemoryError) must not end the batch
+            yield {"file": str(path), "error": f"{type(error).__name__}: {error}"}

@@ -22,10 +22,14 @@ import dataclasses
 import logging
 import os
 import queue
+import re
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,6 +47,57 @@ PREFERRED_RATES = (48000, 44100, 16000)
 
 class SourceError(RuntimeError):
     """A source that cannot deliver audio (a configuration problem, not a passing fault)."""
+
+
+_OWN_LOG_LINE = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+_C_STDERR_LOCK = threading.RLock()
+_C_STDERR_MAX_BYTES = 1 << 20
+
+
+@contextmanager
+def c_stderr_to_debug(what: str) -> Iterator[None]:
+    """Run C library code (PortAudio with ALSA and JACK, LiteRT) with its stderr chatter
+    turned into one DEBUG log record, so a default run shows one clear line per fault and
+    `--log-level debug` still shows the libraries' own words.
+
+    File descriptor 2 is process-wide: lines our own log handler writes meanwhile (from any
+    thread) are passed through to the real stderr, not hidden.
+    """
+    with _C_STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr: nothing to quieten
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as capture:
+                os.dup2(capture.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    with suppress(OSError, ValueError):  # a closed sys.stderr: restored below
+                        sys.stderr.flush()
+                    os.dup2(saved, 2)
+                    capture.seek(0)
+                    _replay(what, capture.read(_C_STDERR_MAX_BYTES), saved)
+        finally:
+            os.close(saved)
+
+
+def _replay(what: str, captured: bytes, stderr_fd: int) -> None:
+    ours, noise = [], []
+    for line in captured.splitlines(keepends=True):
+        (ours if _OWN_LOG_LINE.match(line) else noise).append(line)
+    if ours:
+        os.write(stderr_fd, b"".join(ours))
+    if noise:
+        log.debug(
+            "%s wrote to stderr (%d line(s)):\n%s",
+            what,
+            len(noise),
+            b"".join(noise).decode("utf-8", "replace").rstrip(),
+        )
 
 
 class _End:
@@ -80,6 +135,7 @@ class Source:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost = False  # a chunk was dropped: mark the next one as a discontinuity
+        self.failure = ""  # set when the reader thread died of an error (not a clean end)
         self._lock = threading.Lock()
         self._transitions: deque[SourceStats] = deque(maxlen=256)
 
@@ -136,6 +192,7 @@ class Source:
             log.exception("%s: reader failed", self.name)
             self.stats.last_error = f"{type(error).__name__}: {error}"
             self.stats.errors += 1
+            self.failure = self.stats.last_error
         finally:
             self._set_state("stopped" if self._stop.is_set() else "ended")
             self._put_end()
@@ -203,7 +260,8 @@ class FileSource(Source):
         self.max_seconds = max_seconds
         self.name = f"file:{self.path}"
         # Decode now so a bad file is an error at start, with the file named.
-        self._samples, self._rate = decode(self.path)
+        # No length limit: a long recording is a legitimate stream; rate and channels are checked.
+        self._samples, self._rate = decode(self.path, max_duration_s=None)
         self.stats.sample_rate = self._rate
         self.stats.channels = int(self._samples.shape[1])
         self.stats.device = str(self.path)
@@ -355,6 +413,11 @@ def _supported_rates(pa: Any, pyaudio: Any, index: int, channels: int) -> list[i
 def list_input_devices(pyaudio_module: Any = None) -> list[dict[str, Any]]:
     """Every capture device PortAudio sees: index, name, channels, default and supported rates."""
     pyaudio = pyaudio_module or import_pyaudio()
+    with c_stderr_to_debug("PortAudio"):
+        return _list_input_devices(pyaudio)
+
+
+def _list_input_devices(pyaudio: Any) -> list[dict[str, Any]]:
     pa = pyaudio.PyAudio()
     try:
         try:
@@ -385,7 +448,10 @@ def list_input_devices(pyaudio_module: Any = None) -> list[dict[str, Any]]:
 def choose_device(devices: list[dict[str, Any]], wanted: str | int | None) -> dict[str, Any]:
     """Pick by index ("3"), by case-insensitive name substring, or the default input."""
     if not devices:
-        raise SourceError("no capture device: PortAudio lists no input devices")
+        raise SourceError(
+            "no capture device: PortAudio lists no input devices; plug in a microphone "
+            "(`clad-agent devices` lists what it sees) or listen to --source FILE or stdin"
+        )
     if wanted is None or wanted == "":
         for device in devices:
             if device["default"]:
@@ -500,7 +566,8 @@ class MicSource(Source):
         first_open = True
         while not self._stop.is_set():
             try:
-                pa, stream, rate, frames_per_read = self._open()
+                with c_stderr_to_debug("PortAudio"):
+                    pa, stream, rate, frames_per_read = self._open()
             except (OSError, SourceError) as error:
                 self._fault(f"cannot open the input device ({error})", backoff_s)
                 if self._sleep(backoff_s):
@@ -551,10 +618,13 @@ class MicSource(Source):
                 _close_quietly(stream, pa)
 
     def _fault(self, what: str, backoff_s: float) -> None:
+        repeated = what == self.stats.last_error
         self.stats.errors += 1
         self.stats.last_error = what
         self._set_state("backoff")
-        log.warning("%s: %s; retrying in %.1f s", self.name, what, backoff_s)
+        # The same fault again (a mic still missing): one warning, then debug, not a flood.
+        level = logging.DEBUG if repeated else logging.WARNING
+        log.log(level, "%s: %s; retrying in %.1f s", self.name, what, backoff_s)
 
 
 def _close_quietly(stream: Any, pa: Any) -> None:

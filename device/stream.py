@@ -28,7 +28,10 @@ from device.audio import (
     to_mono,
     window_rms_dbfs,
 )
+from device.config import DecisionSettings
 from device.runtime import Scorer, softmax_spoof
+
+__all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing"]
 
 # --------------------------------------------------------------------------- ring buffer
 
@@ -145,35 +148,6 @@ class WindowRing:
 
 
 @dataclass(frozen=True)
-class DecisionSettings:
-    """How a stream's window scores become a decision.
-
-    smoothed = mean P(spoof) of the last `smoothing_windows` non-silent windows (a mean of
-    probabilities, not of logits, so one extreme window moves it by at most 1/N).
-    Enter "spoof" when smoothed >= threshold + margin over a full history (N non-silent
-    windows since the last silence, so one odd window at an onset cannot raise it); leave
-    it when smoothed < threshold - margin. Otherwise a sound is "bonafide".
-    `silence_windows` consecutive silent windows -> "silence", and the history starts
-    afresh with the next sound.
-    """
-
-    threshold: float
-    smoothing_windows: int = 3
-    margin: float = 0.05
-    silence_windows: int = 2
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be a P(spoof) in [0, 1], got {self.threshold}")
-        if self.smoothing_windows < 1:
-            raise ValueError(f"smoothing_windows must be >= 1, got {self.smoothing_windows}")
-        if not 0.0 <= self.margin < 0.5:
-            raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
-        if self.silence_windows < 1:
-            raise ValueError(f"silence_windows must be >= 1, got {self.silence_windows}")
-
-
-@dataclass(frozen=True)
 class Decision:
     smoothed: float | None  # None while in silence
     decision: str  # "bonafide" | "spoof" | "silence"
@@ -185,7 +159,10 @@ class Decider:
     """Smoothing + hysteresis over window scores. Starts in "silence" (nothing heard yet)."""
 
     def __init__(self, settings: DecisionSettings) -> None:
+        if settings.threshold is None:
+            raise ValueError("Decider: expected DecisionSettings with a threshold, got None")
         self.settings = settings
+        self.threshold = float(settings.threshold)
         self._history: deque[float] = deque(maxlen=settings.smoothing_windows)
         self._silent_run = 0
         self.decision = "silence"
@@ -205,11 +182,11 @@ class Decider:
             self._history.append(float(p_spoof))
             self.smoothed = float(np.mean(self._history))
             if self.decision == "spoof":
-                if self.smoothed < s.threshold - s.margin:
+                if self.smoothed < self.threshold - s.margin:
                     self.decision = "bonafide"
             elif (
                 len(self._history) == s.smoothing_windows
-                and self.smoothed >= s.threshold + s.margin
+                and self.smoothed >= self.threshold + s.margin
             ):
                 self.decision = "spoof"
             else:
@@ -251,8 +228,11 @@ class StreamPipeline:
     """Chunks in, WindowResults out: resample, window, gate, normalize, score, decide."""
 
     def __init__(self, scorer: Scorer, decision: DecisionSettings) -> None:
+        """`decision.threshold` None: the scorer's threshold."""
         self.scorer = scorer
         self.ring = WindowRing(scorer.window_samples, scorer.hop_samples)
+        if decision.threshold is None:
+            decision = decision.with_threshold(scorer.threshold)
         self.decider = Decider(decision)
         self.silence_floor_dbfs = scorer.silence_floor_dbfs
         self._resampler: StreamingResampler | None = None

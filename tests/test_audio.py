@@ -14,7 +14,9 @@ from device import audio
 from device.audio import (
     SAMPLE_RATE,
     AudioError,
+    AudioLimitError,
     StreamingResampler,
+    check_decode_limits,
     decode,
     frame,
     is_silent,
@@ -22,9 +24,11 @@ from device.audio import (
     normalize_windows,
     resample,
     window_starts,
+    windows_for_scoring,
     windows_from_file,
     windows_from_signal,
 )
+from tests.hostile_audio import wav_claiming
 
 TONE_HZ = 1000.0
 
@@ -272,3 +276,72 @@ def test_front_end_imports_no_desktop_packages() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------- bounded decode
+
+
+@pytest.mark.parametrize("rate_hz", [4_000_037, 1_000_003, 2**31 - 1, 3_999])
+def test_an_absurd_sample_rate_is_refused_before_decoding(tmp_path: Path, rate_hz: int) -> None:
+    path = wav_claiming(tmp_path / "claim.wav", rate_hz)
+    with pytest.raises(AudioLimitError) as caught:
+        decode(path)
+    assert f"sample rate {rate_hz} Hz is out of range: expected 4000-384000 Hz" in str(caught.value)
+
+
+def test_a_rate_that_needs_a_huge_resampling_filter_is_refused(tmp_path: Path) -> None:
+    path = wav_claiming(tmp_path / "odd.wav", 44_101)  # gcd with 16000 is 1: 16000/44101
+    with pytest.raises(AudioLimitError, match=r"only by 16000/44101.*at most 16000"):
+        load_audio(path)
+    assert load_audio(wav_claiming(tmp_path / "cd.wav", 44_100)).size > 0  # 160/441 is fine
+
+
+def test_too_many_channels_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "many.wav"
+    sf.write(path, np.zeros((1600, 33), dtype=np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(AudioLimitError, match="33 channels declared: expected 1-32"):
+        decode(path)
+
+
+def test_a_long_file_is_refused_unread_and_the_limit_is_a_setting(tmp_path: Path) -> None:
+    # A small FLAC of silence that declares 400 s: the default limit (300 s) refuses it.
+    path = tmp_path / "long.flac"
+    sf.write(path, np.zeros(400 * 8000, dtype=np.float32), 8000, format="FLAC")
+    assert path.stat().st_size < 200_000
+    with pytest.raises(AudioLimitError, match=r"400\.0 s of audio: expected at most 300 s"):
+        decode(path)
+    samples, rate = decode(path, max_duration_s=None)
+    assert samples.shape == (400 * 8000, 1) and rate == 8000
+    with pytest.raises(AudioLimitError, match="expected at most 100 s"):
+        decode(path, max_duration_s=100)
+
+
+def test_bounded_decode_gives_the_samples_soundfile_gives(tmp_path: Path) -> None:
+    path = tmp_path / "stereo.flac"
+    rng = np.random.default_rng(3)
+    sf.write(path, rng.uniform(-0.5, 0.5, (44100, 2)), 44100, format="FLAC")
+    samples, rate = decode(path)
+    expected, expected_rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == expected_rate
+    np.testing.assert_array_equal(samples, expected)
+
+
+def test_a_file_shorter_than_one_window_is_too_short_not_silence(tmp_path: Path) -> None:
+    path = tmp_path / "ten.wav"
+    sf.write(path, np.zeros(10, dtype=np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"too short: 10 samples .* at least one window of 4000"):
+        windows_for_scoring(path, 4000, 2000)
+    long_enough = tmp_path / "ok.wav"
+    sf.write(long_enough, np.random.default_rng(1).uniform(-0.3, 0.3, 30000), 48000)
+    got = windows_for_scoring(long_enough, 4000, 2000)
+    want = windows_from_file(long_enough, 4000, 2000)
+    np.testing.assert_array_equal(got.normalized, want.normalized)
+    np.testing.assert_array_equal(got.silent, want.silent)
+
+
+def test_many_channels_at_a_high_rate_are_refused_by_decoded_size() -> None:
+    # The header rule alone (a real file this size would take half a GB of test disk):
+    # 20 s of 384 kHz x 32 channels is within the duration limit but 938 MiB decoded.
+    with pytest.raises(AudioLimitError, match=r"decode to 938 MiB: expected at most 128 MiB"):
+        check_decode_limits("wide.wav", 384_000, 32, 20 * 384_000)
+    check_decode_limits("cd.wav", 48_000, 2, 300 * 48_000)  # 300 s of 48 kHz stereo is fine

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from tests.device_fixtures import (
     write_alsa_file_mic,
     write_wav,
 )
+from tests.hostile_audio import wav_claiming
 
 TOKEN = "t0ken-for-tests"
 
@@ -186,9 +190,12 @@ def test_ipv6_loopback(scorer: Scorer, state: AgentState) -> None:
         server.stop()
 
 
-def test_unknown_endpoint_is_404(api: ApiServer) -> None:
-    assert request(api, "GET", "/nope")[0] == 404
-    assert request(api, "POST", "/health", b"")[0] == 404
+def test_unknown_endpoint_is_404_and_a_wrong_method_405(api: ApiServer) -> None:
+    status, _, body = request(api, "GET", "/nope")
+    assert status == 404 and "GET /health" in json.loads(body)["error"]
+    status, headers, body = request(api, "POST", "/health", b"")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert request(api, "DELETE", "/score")[0] == 405
 
 
 def test_token_is_checked_on_every_endpoint(scorer: Scorer, state: AgentState, tmp_path) -> None:
@@ -276,6 +283,7 @@ def test_live_agent_serves_status_while_listening(fixture_bundle, tmp_path) -> N
     audio = write_wav(tmp_path / "a.wav", np.tile(scenario(16000), 3), 16000)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)  # a token others can read is refused
     process = subprocess.Popen(
         [
             sys.executable,
@@ -321,3 +329,218 @@ def test_live_agent_serves_status_while_listening(fixture_bundle, tmp_path) -> N
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+def raw_exchange(server: ApiServer, data: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send raw bytes, then read until the server closes the connection."""
+    with socket.create_connection(server.address, timeout=timeout_s) as conn:
+        conn.sendall(data)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def json_body(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("length_header", "status", "message"),
+    [
+        ("Content-Length: -1\r\n", 400, "one non-negative integer, got ['-1']"),
+        ("Content-Length: +5\r\n", 400, "one non-negative integer"),
+        ("Content-Length: 5\r\nContent-Length: 6\r\n", 400, "got ['5', '6']"),
+        ("", 411, "expected a Content-Length header"),
+        ("Transfer-Encoding: chunked\r\n", 411, "chunked uploads are not accepted"),
+        ("Content-Length: 999999999\r\n", 413, "larger than the limit of 200000 bytes"),
+    ],
+)
+def test_content_length_is_strict_and_checked_before_reading(
+    api: ApiServer, length_header: str, status: int, message: str
+) -> None:
+    # No body follows: every answer must come from the headers alone, then the server closes.
+    head = f"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\n{length_header}\r\n".encode()
+    response = raw_exchange(api, head)
+    assert status_of(response) == status
+    assert message in json_body(response)["error"]
+    assert b"Connection: close" in response
+    assert request(api, "GET", "/health")[0] == 200  # and the server goes on
+
+
+def test_the_token_is_checked_before_the_body_and_401s_are_logged(
+    scorer: Scorer, state: AgentState, caplog
+) -> None:
+    server = _server(scorer, state, token=TOKEN)
+    try:
+        with caplog.at_level(logging.WARNING, logger="device.api"):
+            head = b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 150000\r\n\r\n"
+            response = raw_exchange(server, head)  # the 150 kB body never comes
+        assert status_of(response) == 401
+        assert any("401 missing bearer token for POST /score" in r.message for r in caplog.records)
+    finally:
+        server.stop()
+
+
+def test_head_gives_the_get_headers_without_a_body(api: ApiServer) -> None:
+    connection = http.client.HTTPConnection(*api.address, timeout=10)
+    try:
+        connection.request("HEAD", "/status")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read() == b""
+        assert int(response.getheader("Content-Length")) > 100
+        connection.request("GET", "/health")  # the same keep-alive connection still works
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_a_get_body_is_not_parsed_as_a_second_request(api: ApiServer) -> None:
+    smuggled = b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(smuggled)}\r\n\r\n"
+    response = raw_exchange(api, head.encode() + smuggled)
+    assert response.count(b"HTTP/1.1 ") == 1 and status_of(response) == 200
+
+
+def test_slowloris_headers_time_out_and_free_the_slot(scorer: Scorer, state: AgentState) -> None:
+    server = _server(scorer, state, max_connections=1, header_timeout_s=0.3)
+    try:
+        with socket.create_connection(server.address, timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never ends
+            assert slow.recv(65536) == b""  # the server hung up on the silent client
+        for _ in range(100):  # the slot is freed once the handler thread has finished
+            response = raw_exchange(server, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            if status_of(response) == 200:
+                break
+            time.sleep(0.02)
+        assert status_of(response) == 200
+    finally:
+        server.stop()
+
+
+def test_headers_trickled_byte_by_byte_still_hit_the_deadline(
+    scorer: Scorer, state: AgentState
+) -> None:
+    """A per-read timeout alone never fires for a client that sends a byte every 0.05 s."""
+    server = _server(scorer, state, header_timeout_s=0.3)
+    try:
+        with socket.create_connection(server.address, timeout=10) as slow:
+            slow.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+            hung_up = False
+            for _ in range(200):  # 10 s of trickling at most; the deadline is 0.3 s
+                try:
+                    slow.sendall(b"a")
+                except (BrokenPipeError, ConnectionResetError):
+                    hung_up = True
+                    break
+                time.sleep(0.05)
+            assert hung_up
+    finally:
+        server.stop()
+
+
+def test_connections_over_the_cap_get_503_with_retry_after(
+    scorer: Scorer, state: AgentState
+) -> None:
+    server = _server(scorer, state, max_connections=2)
+    idle = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
+    try:
+        response = raw_exchange(server, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status_of(response) == 503 and b"Retry-After: 1" in response
+        assert "too many connections (the limit is 2)" in json_body(response)["error"]
+        for conn in idle:
+            conn.close()
+        for _ in range(100):
+            response = raw_exchange(server, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+            if status_of(response) == 200:
+                break
+            time.sleep(0.02)
+        assert b"clad_api_refused_connections_total " in response
+        assert b"clad_api_refused_connections_total 0\n" not in response
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+
+
+def test_concurrent_scoring_is_capped_with_503(scorer: Scorer, state: AgentState) -> None:
+    server = _server(scorer, state, max_concurrent_scores=1)
+    slow = socket.create_connection(server.address, timeout=10)
+    try:
+        slow.sendall(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nRIFF")
+        for _ in range(100):  # until the slow upload holds the only scoring slot
+            status, headers, body = request(server, "POST", "/score", b"x" * 10)
+            if status == 503:
+                break
+            time.sleep(0.02)
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert "1 upload(s) already being scored" in json.loads(body)["error"]
+        slow.sendall(b"\0" * 996)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += slow.recv(65536)
+        assert status_of(reply) == 400  # the slow upload is answered (not audio), slot freed
+        assert request(server, "POST", "/score", b"x" * 10)[0] == 400
+    finally:
+        slow.close()
+        server.stop()
+
+
+def test_host_allow_list_beyond_loopback_with_a_token(scorer: Scorer, state: AgentState) -> None:
+    server = ApiServer("0.0.0.0", 0, scorer, state, token=TOKEN, allowed_hosts=("pi.example",))
+    server.start()
+    port = server.address[1]
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        for host, expected in (
+            ("evil.example", 421),
+            (f"rebind.attacker.test:{port}", 421),
+            (f"127.0.0.1:{port}", 200),
+            (f"pi.example:{port}", 200),
+            ("localhost", 200),
+        ):
+            status, _, body = request(
+                ("127.0.0.1", port), "GET", "/status", None, dict(good, Host=host)
+            )
+            assert status == expected, (host, body)
+        assert (
+            "is not this agent"
+            in json.loads(
+                request(("127.0.0.1", port), "GET", "/health", None, {"Host": "evil.example"})[2]
+            )["error"]
+        )
+    finally:
+        server.stop()
+
+
+def test_a_4mhz_wav_upload_is_refused_from_its_header(api: ApiServer, tmp_path: Path) -> None:
+    """Before: 3.2 GB peak RSS and ~15 s for this 90 kB file. Now refused before decoding."""
+    data = wav_claiming(tmp_path / "claim.wav", 4_000_037).read_bytes()
+    peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    status, _, body = request(api, "POST", "/score?name=claim.wav", data)
+    peak_growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kib) / 1024
+    assert status == 400
+    assert "sample rate 4000037 Hz is out of range" in json.loads(body)["error"]
+    assert peak_growth_mib < 200
+
+
+def test_an_exception_inside_a_request_is_a_json_500(scorer: Scorer) -> None:
+    """A source whose stats fail: made to fail on purpose (no real source fails on demand)."""
+
+    def broken_stats():
+        raise RuntimeError("stats exploded")
+
+    server = _server(scorer, AgentState({}, source_stats=broken_stats))
+    try:
+        status, headers, body = request(server, "GET", "/status")
+        assert status == 500 and headers["Connection"] == "close"
+        assert json.loads(body)["error"] == "internal error: RuntimeError: stats exploded"
+    finally:
+        server.stop()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,18 @@ import pytest
 import soundfile as sf
 
 from device.cli import _parser, listen_settings, main
-from device.config import ConfigError, Settings, load_settings
+from device.config import (
+    ApiSettings,
+    ConfigError,
+    Settings,
+    check_token_file_mode,
+    load_settings,
+    resolve_token,
+)
 from tests.device_fixtures import (
     REPO,
     bundle_for,
+    device_env,
     json_lines,
     noise,
     run_device,
@@ -26,6 +37,7 @@ from tests.device_fixtures import (
     silence,
     write_wav,
 )
+from tests.hostile_audio import wav_claiming
 
 
 @pytest.fixture(scope="session")
@@ -201,6 +213,11 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
     service = unit["Service"]
     assert service["User"] == "clad" and service["SupplementaryGroups"] == "audio"
     assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # bad settings: a restart cannot help
+    assert service["Type"] == "notify" and int(service["WatchdogSec"]) > 0
+    assert service["MemoryDenyWriteExecute"] == "yes" and service["ProtectProc"] == "invisible"
+    for key in ("MemoryMax", "TasksMax", "LimitNOFILE", "SystemCallFilter", "RestrictRealtime"):
+        assert service.get(key), key
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert "/var/lib/clad-agent" in service["ReadWritePaths"].split()
     assert service["ExecStart"].endswith("listen --config /etc/clad-agent/clad-agent.toml")
@@ -220,6 +237,39 @@ def test_systemd_unit_is_hardened_and_valid(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(checked)], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(checked)],
+        capture_output=True,
+        text=True,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure is not None, security.stdout[-2000:] + security.stderr
+    assert float(exposure.group(1)) <= 2.0  # 3.5 before the sandboxing directives
+
+
+_MDWE = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux >= 6.3)
+    sys.exit(77)
+from device.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("model", ["int8", "fp32"])
+def test_scoring_works_under_memory_deny_write_execute(fixture_bundle, tmp_path, model) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes: the kernel's own MDWE (prctl) must not
+    break LiteRT/XNNPACK or the decoder (soundfile's BytesIO reader did: it needs W+X)."""
+    path = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    args = ["score", str(path), "--bundle", str(fixture_bundle), "--json", "--model", model]
+    out = subprocess.run(
+        [sys.executable, "-c", _MDWE, *args], cwd=REPO, env=device_env(), capture_output=True
+    )
+    if out.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    assert json_lines(out.stdout)[0]["decision"] == "bonafide"
 
 
 def _deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -322,3 +372,120 @@ def test_agent_load_benchmark_reports_its_figures(fixture_bundle, tmp_path: Path
     assert report["audio_s"] == 1.5 and report["windows"] == 11 and report["overflows"] == 0
     assert 0 < report["cpu_percent_of_one_core"] < 200 and report["peak_rss_mib"] > 10
     assert report["latency_ms"]["n"] == 11 and report["latency_ms"]["p50"] > 0
+
+
+def test_score_goes_on_past_hostile_files(fixture_bundle, tmp_path: Path) -> None:
+    good = write_wav(tmp_path / "good.wav", noise(1.0, 16000), 16000)
+    huge_rate = wav_claiming(tmp_path / "4mhz.wav", 4_000_037)
+    many = tmp_path / "many.wav"
+    sf.write(many, np.zeros((1600, 40), dtype=np.float32), 16000, subtype="PCM_16")
+    tiny = write_wav(tmp_path / "ten.wav", noise(10 / 16000, 16000), 16000)
+    long = write_wav(tmp_path / "long.wav", noise(3.0, 16000), 16000)
+    files = [huge_rate, good, many, tiny, long]
+    args = ["score", *map(str, files), "--bundle", str(fixture_bundle), "--json"]
+    out = run_device([*args, "--max-audio-s", "2"])
+    assert out.returncode == 1
+    by_name = {Path(r["file"]).name: r for r in json_lines(out.stdout)}
+    assert list(by_name) == [p.name for p in files]
+    assert "expected 4000-384000 Hz" in by_name["4mhz.wav"]["error"]
+    assert "40 channels declared" in by_name["many.wav"]["error"]
+    assert by_name["ten.wav"]["error"].startswith("too short: 10 samples")
+    assert "expected at most 2 s" in by_name["long.wav"]["error"]
+    assert by_name["good.wav"]["decision"] in ("bonafide", "spoof")
+    assert "4 of 5 file(s) could not be scored" in out.stderr.decode()
+
+
+def test_score_goes_on_past_a_memory_error(fixture_bundle, tmp_path: Path, monkeypatch) -> None:
+    """MemoryError from a library: made real, it would need the machine's memory exhausted
+    (or an RLIMIT_AS that also breaks LiteRT's arena), so the front end is replaced to raise
+    it for one file only."""
+    from device import audio
+    from device.runtime import Scorer, score_files
+
+    real = audio.windows_for_scoring
+
+    def exhausting(path, *args, **kwargs):
+        if Path(path).name == "boom.wav":
+            raise MemoryError("Unable to allocate 3.2 GiB for an array")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "windows_for_scoring", exhausting)
+    boom = write_wav(tmp_path / "boom.wav", noise(1.0, 16000), 16000)
+    good = write_wav(tmp_path / "good.wav", noise(1.0, 16000), 16000)
+    results = list(score_files(Scorer(fixture_bundle, "int8"), [boom, good]))
+    assert results[0] == {
+        "file": str(boom),
+        "error": "MemoryError: Unable to allocate 3.2 GiB for an array",
+    }
+    assert "score" in results[1]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nthreshold = 1.0\n", "model.threshold: expected a P(spoof) strictly between"),
+        ("[model]\nthreshold = 0.0\n", "strictly between 0 and 1"),
+        ("[model]\nthreshold = 0.98\n", "a spoof alarm can never be raised, or never end"),
+        ("[model]\nsilence_floor_dbfs = 100\n", "expected -200 < floor < 0 dBFS, got 100.0"),
+        ("[decision]\nsmoothing_windows = 1000000\n", "smoothing_windows: expected 1-100"),
+        ("[decision]\nthreshold = 0.5\n", "unknown setting 'threshold'"),
+        ("[source]\nchunk_ms = 1e9\n", "source.chunk_ms: expected 1-5000 ms, got 1000000000.0"),
+        ("[source]\nsample_rate = 4000037\n", "expected 0 (automatic) or 4000-384000 Hz"),
+        ("[source]\nchannels = 1000\n", "source.channels: expected 1-32"),
+    ],
+)
+def test_settings_that_make_an_alarm_impossible_are_refused(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(path)
+
+
+def test_listen_with_an_impossible_threshold_exits_2(fixture_bundle, capsys) -> None:
+    args = ["listen", "--bundle", str(fixture_bundle), "--source", "stdin", "--rate", "16000"]
+    assert main([*args, "--threshold", "1.0"]) == 2
+    assert "strictly between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o600, False), (0o644, True), (0o620, True)])
+def test_a_token_file_others_can_read_or_write_is_refused(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(mode)
+    api = ApiSettings(listen="0.0.0.0:8787", token_file=str(token))
+    if refused:
+        with pytest.raises(ConfigError, match=rf"mode {mode:04o}.*`chmod 0600 {token}`"):
+            resolve_token(api, {})
+    else:
+        assert resolve_token(api, {}) == "s3cret"
+
+
+def test_group_read_is_allowed_only_for_the_agents_own_group(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o640)
+    own = os.stat(token)
+    check_token_file_mode(token, own)  # created with our group: the deployment's 0640 is fine
+    foreign_gid = max({os.getgid(), *os.getgroups()}) + 12345
+    foreign = os.stat_result((*own[:5], foreign_gid, *own[6:]))
+    with pytest.raises(ConfigError, match="mode 0640"):
+        check_token_file_mode(token, foreign)
+
+
+def test_every_cli_option_has_help_with_its_default() -> None:
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in {"clad-agent": parser, **subparsers.choices}.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            text = action.help or ""
+            takes_value = action.nargs != 0 and action.option_strings
+            if not text or (takes_value and not ("default" in text or "required" in text)):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []

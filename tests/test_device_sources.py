@@ -9,6 +9,8 @@ file's length (--max-seconds).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +29,9 @@ from device.sources import (
 )
 from device.stream import Chunk
 from tests.device_fixtures import (
+    REPO,
     bundle_for,
+    device_env,
     json_lines,
     noise,
     run_device,
@@ -322,3 +326,49 @@ def test_file_source_names_a_bad_file(tmp_path: Path) -> None:
     bad.write_bytes(b"fLaC not really")
     with pytest.raises(ValueError, match=r"bad\.flac"):
         FileSource(bad)
+
+
+def _listen_without_a_microphone(fixture_bundle: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """stderr lines of `listen --source mic` until its first warning about the device."""
+    conf = write_alsa_file_mic(tmp_path / "none.conf", None)
+    args = [sys.executable, "-m", "device", *extra, "listen", "--bundle", str(fixture_bundle)]
+    args += ["--source", "mic", "--device", "usb"]
+    process = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=device_env(ALSA_CONFIG_PATH=str(conf), TF_CPP_MIN_LOG_LEVEL="0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in process.stderr:  # bounded: the agent warns within its first back-off
+            lines.append(line.rstrip("\n"))
+            if "WARNING device.sources" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    return lines
+
+
+def test_no_microphone_is_one_clear_line_and_library_noise_is_debug(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyaudio")
+    default = _listen_without_a_microphone(fixture_bundle, tmp_path)
+    assert len(default) == 1, default
+    assert "no input device whose name contains 'usb'" in default[0]
+    debug = _listen_without_a_microphone(fixture_bundle, tmp_path, "--log-level", "debug")
+    text = "\n".join(debug)
+    assert "Created TensorFlow Lite XNNPACK delegate" in text  # kept, as a debug record
+    assert "LiteRT and PortAudio wrote to stderr" in text
+
+
+def test_score_prints_no_litert_info_line(fixture_bundle: Path, tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    out = run_device(
+        ["score", str(path), "--bundle", str(fixture_bundle)], TF_CPP_MIN_LOG_LEVEL="0"
+    )
+    assert out.returncode == 0 and out.stderr.decode() == ""
