@@ -258,6 +258,11 @@ def test_cue_features_measure_what_they_name() -> None:
     assert features["dc"] == pytest.approx(0.003, abs=1e-4)
     assert features["centroid_hz"] == pytest.approx(440, abs=40)
     assert features["high_band_ratio_db"] < -60
+    assert features["band_7k_ratio_db"] < -60
+    rng = np.random.default_rng(0)
+    white = signal_features(0.1 * rng.standard_normal(rate), rate)
+    # white noise at 16 kHz: 1/8 of the power lies above 7 kHz
+    assert white["band_7k_ratio_db"] == pytest.approx(10 * np.log10(1 / 8), abs=0.5)
 
 
 def test_equal_error_rate_of_separated_identical_and_reversed_scores() -> None:

@@ -3,7 +3,7 @@
 For every file (decoded by the shared front end, `device.audio.load_audio`) a handful
 of features a lazy detector could latch on to: duration, level, peak, crest factor,
 DC, leading/trailing silence, spectral centroid, bandwidth, roll-off, band edge,
-high-band energy ratio, flatness and zero-crossing rate. Each feature alone is used
+high-band energy ratio (above 4 kHz, and above 7 kHz where G.722 and LPCNet stop), flatness and zero-crossing rate. Each feature alone is used
 as a detector score (in whichever direction works better) and its equal error rate
 is computed for bona fide against all spoofs and against each system. A feature with
 an EER well below 50% is a cue the generator leaks; the corpus is tuned so that none
@@ -40,6 +40,7 @@ FEATURES = (
     "rolloff95_hz",
     "band_edge_hz",
     "high_band_ratio_db",
+    "band_7k_ratio_db",
     "flatness_db",
     "zero_crossing_rate",
 )
@@ -47,6 +48,7 @@ FEATURES = (
 _FRAME_SAMPLES = 160  # 10 ms at 16 kHz
 _SILENCE_BELOW_MAX_DB = 35.0
 _HIGH_BAND_HZ = 4000.0
+_TOP_BAND_HZ = 7000.0  # G.722 and LPCNet stop near here, 16 kHz PCM does not
 _BAND_EDGE_BELOW_MAX_DB = 50.0
 
 
@@ -98,6 +100,7 @@ def signal_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[
     above = np.flatnonzero(psd_db > psd_db.max() - _BAND_EDGE_BELOW_MAX_DB)
     band_edge = float(freqs[above[-1]])
     high = float(np.sum(power[freqs >= _HIGH_BAND_HZ]))
+    top = float(np.sum(power[freqs >= _TOP_BAND_HZ]))
     flatness = float(np.mean(np.log(psd + 1e-30)) - np.log(np.mean(psd) + 1e-30))
     zero_crossings = float(np.mean(np.abs(np.diff(np.signbit(centred).astype(np.int8)))))
     return {
@@ -113,6 +116,7 @@ def signal_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> dict[
         "rolloff95_hz": rolloff,
         "band_edge_hz": band_edge,
         "high_band_ratio_db": 10.0 * np.log10(high + 1e-12),
+        "band_7k_ratio_db": 10.0 * np.log10(top + 1e-12),
         "flatness_db": 10.0 * flatness / np.log(10.0),
         "zero_crossing_rate": zero_crossings,
     }
