@@ -26,6 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,15 @@ class LPCNet:
         self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
     def copy_synthesis(self, speech: np.ndarray, seed: int) -> np.ndarray:
-        """`speech` (float, 16 kHz) encoded to LPCNet features and decoded; same length."""
+        """`speech` (float, 16 kHz) encoded to LPCNet features and decoded; same length.
+
+        libcodec2's LPCNet keeps static state between utterances (the same input twice in
+        one process gives two different outputs), so each utterance is made in a forked
+        child of a process that never ran it: the output depends on the input and the
+        seed alone."""
+        return _in_forked_child(self._copy_synthesis, speech, seed)
+
+    def _copy_synthesis(self, speech: np.ndarray, seed: int) -> np.ndarray:
         lib = self._lib
         peak = max(float(np.max(np.abs(speech))), 1e-9)
         pcm = np.round(speech * (0.5 / peak) * 32767.0).astype(np.int16)
@@ -90,6 +99,29 @@ class LPCNet:
         finally:
             lib.lpcnet_freedv_destroy(handle)
         return out[: pcm.size].astype(np.float64) / 32768.0
+
+
+def _in_forked_child(function: Any, *args: Any) -> np.ndarray:
+    """function(*args) -> float64 array, computed in a forked child process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, send the bytes, leave without cleanup handlers
+        status = 1
+        try:
+            os.close(read_end)
+            payload = np.ascontiguousarray(function(*args), dtype="<f8").tobytes()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _pid, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise GeneratorError(f"LPCNet child process failed (wait status {status})")
+    return np.frombuffer(payload, dtype="<f8").copy()
 
 
 # --------------------------------------------------------------------------- Piper

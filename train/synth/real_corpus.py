@@ -66,7 +66,7 @@ from train.synth.real import (
 )
 from train.synth.text import sentence
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: LPCNet made in a fresh child per utterance (deterministic)
 BONAFIDE_SYSTEM = "-"
 TOOL_PACKAGES = ("libcodec2-1.0",)
 FINAL_CODECS = (
