@@ -45,9 +45,11 @@ train: $(STAMP)
 	$(PY) -m train --format asvspoof2019 --root $(DATA)/LA --name $(notdir $(RUN)) --runs-dir $(dir $(RUN))
 
 convert: $(STAMP)
-	@# the parity gate also runs the bundle on tflite-runtime 2.14 where that venv installs
+	@# the parity gate runs the bundle on the Pi's runtime (LiteRT 2.3, .venv-device) and fails
+	@# without it unless SKIP_RUNTIMES=device; tflite-runtime 2.14 where that venv installs
+	$(if $(filter device .venv-device,$(SKIP_RUNTIMES)),@echo "convert: .venv-device skipped by name (SKIP_RUNTIMES)",-./scripts/device-venv.sh device)
 	-@./scripts/device-venv.sh tflite
-	$(PY) -m convert --run $(RUN) --out $(OUT)
+	$(PY) -m convert --run $(RUN) --out $(OUT) $(addprefix --skip-runtime=,$(SKIP_RUNTIMES))
 
 outside: $(STAMP)
 	$(PY) -m train.outside --bundle $(BUNDLE)
