@@ -251,7 +251,7 @@ class Settings:
     bundle: Path
     formats: tuple[str, ...] = ("int8", "fp32")
     threads: tuple[int, ...] = ()  # () -> 1..usable cores
-    pythons: tuple[str, ...] = ()  # () -> this interpreter
+    pythons: tuple[str, ...] = ()  # other interpreters to run the rows in, after this one
     rounds: int = 2
     seconds_per_row: float = 3.0  # measured time per row, over all its rounds
     warmup_s: float = 0.3
@@ -319,7 +319,7 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
 
 def _environment(python: str) -> str:
     """make bench's environment key: "current", or the venv directory's name."""
-    if Path(python).resolve() == Path(sys.executable).resolve():
+    if os.path.abspath(python) == os.path.abspath(sys.executable):  # venvs link one python
         return "current"
     return Path(python).parent.parent.name
 
@@ -461,7 +461,7 @@ def run_bench(settings: Settings, progress: Any = None) -> dict[str, Any]:
     load_before = _loadavg()
     cores = usable_cores()
     threads = tuple(sorted(set(settings.threads or range(1, cores + 1))))
-    pythons = settings.pythons or (sys.executable,)
+    pythons = tuple(dict.fromkeys((sys.executable, *settings.pythons)))  # this one first
     plan = [(p, f, t) for p in pythons for f in settings.formats for t in threads]
     measure_s = settings.seconds_per_row / settings.rounds
     results: dict[tuple[str, str, int], list[tuple[dict[str, Any], int]]] = {k: [] for k in plan}

@@ -99,6 +99,34 @@ def test_bench_runs_in_the_device_venv_and_writes_make_bench_rows(
     assert "median ms" in done.stdout and done.stdout.count("litert 2.3.0") == 4
 
 
+@pytest.mark.skipif(not DEVICE_PYTHON.is_file(), reason="no .venv-device (scripts/device-venv.sh)")
+def test_rows_of_another_interpreter_come_in_the_same_run(fixture_bundle: Path) -> None:
+    """The Pi's LiteRT (.venv-device) and this interpreter's, side by side in one report."""
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [
+            *(str(DEVICE_PYTHON), "-m", "device.bench", "--bundle", str(fixture_bundle)),
+            *("--formats", "int8", "--threads", "1", "--rounds", "1", "--seconds-per-row", "0.2"),
+            *("--sustain-s", "0", "--json", "--python", sys.executable),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    rows = [(r["environment"], r["runtime"], r["runtime_version"]) for r in report["rows"]]
+    desktop = Path(sys.executable).parent.parent.name
+    assert rows == [
+        ("current", "litert", "2.3.0"),
+        (desktop, "litert", version("ai-edge-litert")),
+    ]
+    assert report["thermal"] == {"sustained": None}  # --sustain-s 0: no readings
+
+
 def test_the_soc_temperature_and_throttling_flags_are_read_or_said_absent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
