@@ -14,7 +14,7 @@ OUT ?= bundles/demo
 BUNDLE ?= $(OUT)
 PI ?=
 
-.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm device-venv tflite-venv clean
+.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm test-deploy device-venv tflite-venv clean
 
 help:
 	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
@@ -80,6 +80,12 @@ deploy:
 
 test-arm: $(STAMP)
 	./scripts/test-arm.sh
+
+test-deploy: $(STAMP)
+	@# root only: debootstrap a bookworm root (cached in .cache/deploy), sshd on 127.0.0.1,
+	@# make deploy into it, clad-agent score there; not part of `make test` (minutes, network)
+	./scripts/device-venv.sh device
+	./scripts/test-deploy.sh
 
 device-venv:
 	./scripts/device-venv.sh device
