@@ -16,8 +16,8 @@
 # of tests/device_fixtures.py. Needs root (debootstrap, chroot, mounts), debootstrap
 # (apt-get install debootstrap) and the network (Debian mirror, PyPI). Mounts live in a private
 # mount namespace (unshare), so nothing stays mounted when the script ends, however it ends.
-# Every step runs under `timeout`; the whole run is bounded by the sum (about 25 minutes cold,
-# 3 warm).
+# Every step runs under `timeout` (the sum bounds the run). Measured here: 3 minutes cold
+# (debootstrap 112 s, a 598 MB root), 55 s warm (make deploy 44 s with PyAudio compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
