@@ -14,7 +14,7 @@ OUT ?= bundles/demo
 BUNDLE ?= $(OUT)
 PI ?=
 
-.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm device-venv tflite-venv clean
+.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm test-deploy device-venv tflite-venv clean
 
 help:
 	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
@@ -45,9 +45,11 @@ train: $(STAMP)
 	$(PY) -m train --format asvspoof2019 --root $(DATA)/LA --name $(notdir $(RUN)) --runs-dir $(dir $(RUN))
 
 convert: $(STAMP)
-	@# the parity gate also runs the bundle on tflite-runtime 2.14 where that venv installs
+	@# the parity gate runs the bundle on the Pi's runtime (LiteRT 2.3, .venv-device) and fails
+	@# without it unless SKIP_RUNTIMES=device; tflite-runtime 2.14 where that venv installs
+	$(if $(filter device .venv-device,$(SKIP_RUNTIMES)),@echo "convert: .venv-device skipped by name (SKIP_RUNTIMES)",-./scripts/device-venv.sh device)
 	-@./scripts/device-venv.sh tflite
-	$(PY) -m convert --run $(RUN) --out $(OUT)
+	$(PY) -m convert --run $(RUN) --out $(OUT) $(addprefix --skip-runtime=,$(SKIP_RUNTIMES))
 
 outside: $(STAMP)
 	$(PY) -m train.outside --bundle $(BUNDLE)
@@ -78,6 +80,12 @@ deploy:
 
 test-arm: $(STAMP)
 	./scripts/test-arm.sh
+
+test-deploy: $(STAMP)
+	@# root only: debootstrap a bookworm root (cached in .cache/deploy), sshd on 127.0.0.1,
+	@# make deploy into it, clad-agent score there; not part of `make test` (minutes, network)
+	./scripts/device-venv.sh device
+	./scripts/test-deploy.sh
 
 device-venv:
 	./scripts/device-venv.sh device

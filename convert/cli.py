@@ -12,10 +12,13 @@ from pathlib import Path
 
 from convert.calibrate import DEFAULT_CALIBRATION_SEED, DEFAULT_CALIBRATION_WINDOWS
 from convert.parity import DEFAULT_DEVICE_VENVS
+from device.runtimes import DEVICE_VENVS, device_venv_named
 
 EXIT_PASSED = 0
 EXIT_GATE_FAILED = 1
 EXIT_ERROR = 2
+SKIPPABLE = tuple(v.kind for v in DEVICE_VENVS.values())
+PI_VENV = next(v.name for v in DEVICE_VENVS.values() if v.pi_runtime)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,9 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help=f"device venvs to run the TFLite files in as well (default: "
-        f"{' '.join(DEFAULT_DEVICE_VENVS)}; skipped when missing)",
+        f"{' '.join(DEFAULT_DEVICE_VENVS)}; skipped when missing, except the Pi's runtime)",
     )
-    parser.add_argument("--no-device-venvs", action="store_true", help="in-process LiteRT only")
+    parser.add_argument(
+        "--skip-runtime",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"leave a device runtime out of the gate by name ({', '.join(SKIPPABLE)}); "
+        f"without it the gate fails when the Pi's runtime ({PI_VENV}) cannot run",
+    )
+    parser.add_argument(
+        "--no-device-venvs",
+        action="store_true",
+        help="in-process LiteRT only (skips every device runtime by name, the Pi's included)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="keep onnx2tf's files here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -70,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.far_target <= 0 or args.far_target >= 1:
         print(f"error: --far-target must be in (0, 1), got {args.far_target}", file=sys.stderr)
         return EXIT_ERROR
+    for name in args.skip_runtime:
+        try:
+            device_venv_named(name)
+        except ValueError as error:
+            print(f"error: --skip-runtime: {error}", file=sys.stderr)
+            return EXIT_ERROR
     venvs = () if args.no_device_venvs else tuple(args.device_venv or DEFAULT_DEVICE_VENVS)
+    skip = SKIPPABLE if args.no_device_venvs else tuple(args.skip_runtime)
     settings = ConvertSettings(
         run_dir=args.run,
         out_dir=args.out,
@@ -79,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration_seed=args.calibration_seed,
         far_target=args.far_target,
         device_venvs=venvs,
+        skip_runtimes=skip,
         work_dir=args.work_dir,
         show_progress=not args.no_progress,
     )

@@ -11,14 +11,17 @@ softmax; thresholds and EERs on the spoof logit margin). Rows:
                                i.e. the code the device runs (ai-edge-litert, XNNPACK on)
     fp32/int8 @ <venv>         the same, in a subprocess of another device venv
                                (tflite-runtime 2.14, LiteRT 2.3); skipped, with the
-                               reason, when the venv is not there
+                               reason, when the venv is not there, except the Pi's own
+                               runtime (LiteRT 2.3 in .venv-device): its rows fail when it
+                               cannot run, unless skipped by name (`--skip-runtime device`)
 
 Per row: EER (rank of the spoof logit margin), accuracy and decision agreement with torch
 at the bundle's threshold, max/mean |delta P(spoof)| per file, max |delta logit| per window.
 
-The gate fails when an int8 row agrees with torch on fewer than 99% of the decisions, when
-an int8 row's EER is more than 1 percentage point from torch's, or when an ONNX or fp32
-row's window logits differ from torch's by more than 1e-4.
+The gate fails when a row failed to run (the Pi's runtime not built counts), when an int8
+row agrees with torch on fewer than 99% of the decisions, when an int8 row's EER is more
+than 1 percentage point from torch's, or when an ONNX or fp32 row's window logits differ
+from torch's by more than 1e-4.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from device.audio import DEFAULT_SILENCE_FLOOR_DBFS
-from device.runtimes import CURRENT_ENVIRONMENT, DEVICE_VENVS
+from device.runtimes import CURRENT_ENVIRONMENT, DEVICE_VENVS, DeviceVenv, device_venv_named
 from device.scores import p_spoof, p_spoof_from_margin, spoof_margin
 from train.data.records import BONAFIDE_ATTACK, Record
 from train.metrics import compute_eer, error_rates, per_attack_eer
@@ -273,6 +276,8 @@ class GateCheck:
         if self.skipped:
             return f"skipped  {self.row}: {self.check}"
         mark = "pass" if self.passed else "FAIL"
+        if self.value is None:  # a row that did not run: the check names why
+            return f"{mark}     {self.row}: {self.check}"
         return f"{mark}     {self.row}: {self.check} = {self.value:.6g} (limit {self.limit:g})"
 
 
@@ -284,8 +289,11 @@ def gate_checks(rows: Sequence[Row], reference: Row, limits: GateLimits) -> list
             continue
         if row.status != "ok":
             what = "int8 agreement and EER" if row.format == "int8" else "max |delta logit|"
+            ran_not = row.status == "skipped"  # skipped passes; failed (could not run) fails
             checks.append(
-                GateCheck(row.name, f"{what} ({row.status}: {row.reason})", None, 0.0, True, True)
+                GateCheck(
+                    row.name, f"{what} ({row.status}: {row.reason})", None, 0.0, ran_not, ran_not
+                )
             )
             continue
         if row.format == "int8":
@@ -332,6 +340,57 @@ def device_venv_python(venv: str | Path) -> Path | None:
         path = REPO_ROOT / path
     python = path / "bin" / "python"
     return python if python.is_file() else None
+
+
+@dataclass(frozen=True)
+class VenvPlan:
+    """What the gate does with one device venv before any bundle exists."""
+
+    venv: str
+    action: str  # run | skip | fail
+    reason: str = ""  # for skip and fail: the whole sentence, naming the venv
+
+
+def pi_runtime_missing(venv: DeviceVenv, why: str) -> str:
+    """The message of a failed row of the Pi's runtime: what was expected, what is wrong, the fix."""
+    return (
+        f"the Pi's runtime ({venv.holds}) could not run: {why}; build it with "
+        f"`make {venv.make_target}` (`make convert` builds it), or skip its rows by name with "
+        f"`--skip-runtime {venv.kind}` (`make convert SKIP_RUNTIMES={venv.kind}`)"
+    )
+
+
+def plan_device_venvs(venvs: Sequence[str], skip: Sequence[str] = ()) -> list[VenvPlan]:
+    """Run, skip or fail each device venv of the gate.
+
+    `skip` names runtimes the user chose to leave out ("device" or ".venv-device"); an unknown
+    name raises ValueError. A venv that is not built is skipped, except the Pi's own runtime
+    (`DeviceVenv.pi_runtime`), whose rows fail: a bundle is not checked on the runtime the Pi
+    runs unless the user says so. The Pi's runtime fails the same way when it is left out of
+    `venvs` without being skipped by name.
+    """
+    skipped = {device_venv_named(name).name for name in skip}
+    plans = []
+    for venv in venvs:
+        known = DEVICE_VENVS.get(Path(venv).name)
+        if known is not None and known.name in skipped:
+            plans.append(
+                VenvPlan(venv, "skip", f"{venv} skipped by name (--skip-runtime {known.kind})")
+            )
+        elif device_venv_python(venv) is not None:
+            plans.append(VenvPlan(venv, "run"))
+        elif known is not None and known.pi_runtime:
+            why = f"{venv} is not built (no {Path(venv) / 'bin' / 'python'})"
+            plans.append(VenvPlan(venv, "fail", pi_runtime_missing(known, why)))
+        else:
+            target = known.make_target if known else "install"
+            plans.append(VenvPlan(venv, "skip", f"{venv} not built (make {target})"))
+    listed = {Path(venv).name for venv in venvs}
+    for known in DEVICE_VENVS.values():
+        if known.pi_runtime and known.name not in listed | skipped:
+            why = f"{known.name} is not among the device venvs to run"
+            plans.append(VenvPlan(known.name, "fail", pi_runtime_missing(known, why)))
+    return plans
 
 
 class DeviceVenvJob:

@@ -58,7 +58,13 @@ from convert.export import (
 from convert.litert import DelegationReport, delegation_report, measure_latency, tensor_specs
 from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob
 from device.bundle import MANIFEST_NAME, MODEL_FILES, TensorSpec
-from device.runtimes import DEVICE_VENVS, RUNTIMES, runtime_for_module, runtime_label
+from device.runtimes import (
+    DEVICE_VENVS,
+    RUNTIMES,
+    device_venv_named,
+    runtime_for_module,
+    runtime_label,
+)
 from device.scores import spoof_margin
 
 CHECKPOINT_NAME = "best.pt"
@@ -81,10 +87,15 @@ class ConvertSettings:
     far_target: float = 0.01
     num_threads: int = 1
     device_venvs: tuple[str, ...] = par.DEFAULT_DEVICE_VENVS
+    skip_runtimes: tuple[str, ...] = ()  # device runtimes left out by name ("device")
     latency_runs: int = 300
     limits: par.GateLimits = field(default_factory=par.GateLimits)
     work_dir: Path | None = None  # keep onnx2tf's files here; a temporary directory when None
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in self.skip_runtimes:
+            device_venv_named(name)  # ValueError naming the runtimes there are
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +107,7 @@ class ConvertSettings:
             "far_target": self.far_target,
             "num_threads": self.num_threads,
             "device_venvs": list(self.device_venvs),
+            "skip_runtimes": list(self.skip_runtimes),
             "latency_runs": self.latency_runs,
             "limits": dict(self.limits.__dict__),
         }
@@ -512,8 +524,14 @@ class _Conversion:
 
         windows_path = self.work_dir / "eval_windows.npy"
         np.save(windows_path, self.evaluation.windows)
-        pending: list[tuple[str, par.DeviceVenvJob | None, str]] = []
-        for venv in self.settings.device_venvs:
+        pending: list[tuple[str, par.DeviceVenvJob | None, str, str]] = []
+        plans = par.plan_device_venvs(self.settings.device_venvs, self.settings.skip_runtimes)
+        for plan in plans:
+            venv = plan.venv
+            if plan.action != "run":
+                status = "skipped" if plan.action == "skip" else "failed"
+                pending.append((venv, None, status, plan.reason))
+                continue
             try:
                 job = par.DeviceVenvJob(
                     venv,
@@ -523,15 +541,10 @@ class _Conversion:
                     self.work_dir / f"worker-{Path(venv).name}",
                     num_threads=self.settings.num_threads,
                 ).start()
-            except FileNotFoundError:
-                known = DEVICE_VENVS.get(Path(venv).name)
-                target = known.make_target if known else "install"
-                pending.append((venv, None, f"not built (make {target})"))
-                continue
             except OSError as error:
-                pending.append((venv, None, f"failed to start: {error}"))
+                pending.append((venv, None, "failed", f"{venv} failed to start: {error}"))
                 continue
-            pending.append((venv, job, ""))
+            pending.append((venv, job, "ok", ""))
             self.venv_jobs.append(job)
         for model_format in ("fp32", "int8"):
             scorer = Scorer(self.staging, model_format, num_threads=self.settings.num_threads)
@@ -545,14 +558,15 @@ class _Conversion:
                 ),
                 lambda scorer=scorer: scorer.score_windows(self.evaluation.windows),
             )
-        for venv, job, problem in pending:
-            self._collect_venv(venv, job, problem)
+        for venv, job, status, reason in pending:
+            self._collect_venv(venv, job, status, reason)
 
-    def _collect_venv(self, venv: str, job: par.DeviceVenvJob | None, problem: str) -> None:
+    def _collect_venv(
+        self, venv: str, job: par.DeviceVenvJob | None, status: str, reason: str
+    ) -> None:
         names = {fmt: f"{fmt} @ {venv}" for fmt in par.device_venv_formats(venv)}
         if job is None:
-            status = "skipped" if problem.startswith("not built") else "failed"
-            self.log(f"           {venv}: {status}: {problem}")
+            self.log(f"           {venv}: {status}: {reason}")
             self.rows.extend(
                 par.Row(
                     name,
@@ -561,7 +575,7 @@ class _Conversion:
                     _venv_distribution(venv),
                     environment=venv,
                     status=status,
-                    reason=f"{venv} {problem}",
+                    reason=reason,
                 )
                 for fmt, name in names.items()
             )

@@ -136,6 +136,15 @@ run "$PREFIX/venv/bin/python" -c "from device.runtime import Scorer; import nump
 
 echo "== systemd unit"
 install_templated "$staging/deploy/clad-agent.service" /etc/systemd/system/clad-agent.service 0644
+if [ "$DRY_RUN" != 1 ] && [ ! -d /run/systemd/system ]; then
+  # A container or chroot: systemctl would fail here. Install everything, say how to start it.
+  install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" /var/lib/clad-agent
+  echo "no systemd is running here (no /run/systemd/system): the agent is installed but not started;"
+  echo "the unit is in /etc/systemd/system/clad-agent.service for when systemd runs. Start it by hand:"
+  echo "  sudo -u $SERVICE_USER env PYTHONUNBUFFERED=1 $PREFIX/venv/bin/clad-agent listen --config /etc/clad-agent/clad-agent.toml"
+  echo "done (not started): events go to /var/lib/clad-agent/events.jsonl"
+  exit 0
+fi
 run systemctl daemon-reload
 run systemctl enable clad-agent.service
 run systemctl restart clad-agent.service

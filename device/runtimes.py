@@ -47,6 +47,7 @@ class DeviceVenv:
     runtime: str  # a RUNTIMES key
     holds: str  # what it pins, for messages
     parity_formats: tuple[str, ...]  # formats the parity gate scores in it
+    pi_runtime: bool = False  # the Pi's own runtime: the gate fails when it cannot run here
 
     @property
     def build_hint(self) -> str:
@@ -76,9 +77,19 @@ DEVICE_VENVS: dict[str, DeviceVenv] = {
             "litert",
             "ai-edge-litert 2.3.0, numpy 2, as on a Pi",
             ("int8",),
+            pi_runtime=True,
         ),
     )
 }
+
+
+def device_venv_named(name: str) -> DeviceVenv:
+    """The device venv called `name`: its kind ("device") or its directory (".venv-device")."""
+    for venv in DEVICE_VENVS.values():
+        if name in (venv.kind, venv.name):
+            return venv
+    known = ", ".join(f"{v.kind} ({v.name})" for v in DEVICE_VENVS.values())
+    raise ValueError(f"expected a device runtime named one of {known}, got {name!r}")
 
 
 def runtime_for_module(module: str) -> Runtime | None:

@@ -12,8 +12,8 @@
 #
 #   DRY_RUN=1 scripts/deploy.sh pi@raspberrypi.local bundles/demo
 # prints every command (and the installer's commands) without touching the network.
-# Also: SSH_OPTS="-p 2222 -i key", REMOTE_STAGING (default .cache/clad-agent-deploy in the
-# Pi user's home), PREFIX (default /opt/clad-agent).
+# Also: PI_PORT (ssh port, default ssh's own), SSH_OPTS="-i key -o ...", REMOTE_STAGING (default
+# .cache/clad-agent-deploy in the Pi user's home), PREFIX (default /opt/clad-agent).
 set -euo pipefail
 
 usage() {
@@ -27,6 +27,13 @@ DRY_RUN=${DRY_RUN:-0}
 PREFIX=${PREFIX:-/opt/clad-agent}
 REMOTE_STAGING=${REMOTE_STAGING:-.cache/clad-agent-deploy}
 read -r -a ssh_opts <<<"${SSH_OPTS:-}"
+PI_PORT=${PI_PORT:-}
+if [ -n "$PI_PORT" ]; then
+  case "$PI_PORT" in
+    *[!0-9]*) echo "error: expected PI_PORT to be a port number, got '$PI_PORT'" >&2; exit 2 ;;
+  esac
+  ssh_opts+=(-p "$PI_PORT")
+fi
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -91,4 +98,4 @@ if [ "$DRY_RUN" = 1 ]; then
   cp "$bundle_abs/manifest.json" "$staging/bundle/"
   DRY_RUN=1 PREFIX="$PREFIX" bash deploy/install-on-pi.sh "$staging" | sed "s#$staging#~/$REMOTE_STAGING#g"
 fi
-echo "done. On the Pi: journalctl -u clad-agent -f"
+echo "done. On the Pi: journalctl -u clad-agent -f (where systemd runs; else the installer said how to start it)"

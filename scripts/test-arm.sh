@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make test-arm: the device runtime on emulated Arm CPUs (Cortex-A72 as in a Pi 4, Cortex-A76 as
-# in a Pi 5) gives the answers it gives on x86. See docs/arm.md.
+# make test-arm: the device runtime on emulated Arm CPUs (Cortex-A53 as in a Pi Zero 2 W and a
+# Pi 3, Cortex-A72 as in a Pi 4, Cortex-A76 as in a Pi 5) gives the answers it gives on x86.
+# See docs/arm.md. ARM_CPUS="cortex-a53" compares on fewer CPUs (default: all three).
 #
 #   1. .venv-device and .venv-tflite: x86 venvs from the device lock files (scripts/device-venv.sh)
 #   2. .cache/arm: qemu-aarch64-static, Debian's arm64 python3.11 and the aarch64 wheels of the
@@ -44,6 +45,10 @@ print(cached_bundle(Path(sys.argv[1])))' "$ARM_CACHE")"
 fi
 bundle_args=()
 [ -n "$bundle" ] && bundle_args=(--bundle "$bundle")
+if [ -n "${ARM_CPUS:-}" ]; then
+  read -r -a arm_cpus <<<"$ARM_CPUS"
+  bundle_args+=(--cpus "${arm_cpus[@]}")
+fi
 
 status=0
 nice "$host_python" scripts/arm/compare.py --cache "$ARM_CACHE" "${bundle_args[@]}" || status=$?

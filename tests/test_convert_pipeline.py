@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from convert.calibrate import CalibrationSet, draw_calibration_windows
-from convert.cli import EXIT_PASSED, main
+from convert.cli import EXIT_GATE_FAILED, EXIT_PASSED, main
 from convert.errors import ConversionError
 from convert.parity import device_venv_python
 from convert.pipeline import ConvertSettings, convert_run, load_records, load_run
@@ -115,6 +115,8 @@ def test_every_format_agrees_with_torch(converted: tuple[Path, int]) -> None:
                 assert row["agreement"] >= 0.99
             elif os.environ.get("CI", "").lower() == "true":
                 pytest.fail(f"{venv.name} not built under CI: {row['reason']}")
+            elif venv.pi_runtime:
+                pytest.fail(f"the gate passed without the Pi's runtime: {row}")
             else:
                 assert (row["status"], row["reason"]) == (
                     "skipped",
@@ -159,7 +161,13 @@ def test_the_gate_trips_on_an_int8_model_calibrated_on_near_silence(
     )
     out = tmp_path / "bad"
     result = convert_run(
-        ConvertSettings(run_dir=tiny_run, out_dir=out, device_venvs=(), show_progress=False),
+        ConvertSettings(
+            run_dir=tiny_run,
+            out_dir=out,
+            device_venvs=(),
+            skip_runtimes=("device",),  # skipped by name: its rows do not fail the gate
+            show_progress=False,
+        ),
         calibration=near_silent,
     )
     assert result.passed is False
@@ -172,6 +180,28 @@ def test_the_gate_trips_on_an_int8_model_calibrated_on_near_silence(
     manifest = load_bundle(out).manifest
     assert manifest.extra["parity"]["passed"] is False
     assert "FAILED" in (out / "parity.md").read_text()
+
+
+def test_the_gate_fails_when_the_pis_runtime_cannot_run(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "elsewhere" / ".venv-device"  # the Pi's venv, pointed away
+    out = tmp_path / "bundle"
+    status = main(
+        ["--run", str(tiny_run), "--out", str(out), "--no-progress", "--device-venv", str(missing)]
+    )
+    printed = capsys.readouterr()
+    assert status == EXIT_GATE_FAILED
+    assert "parity gate FAILED" in printed.err
+    report = json.loads((out / "parity.json").read_text())
+    row = {r["name"]: r for r in report["rows"]}[f"int8 @ {missing}"]
+    assert row["status"] == "failed"
+    assert row["reason"].startswith("the Pi's runtime (ai-edge-litert 2.3.0, numpy 2, as on a Pi)")
+    assert "`--skip-runtime device`" in row["reason"]
+    (failed,) = [c for c in report["gate"] if not c["passed"]]  # every other row passed
+    assert failed["row"] == f"int8 @ {missing}"
+    assert f"FAIL     int8 @ {missing}: int8 agreement and EER (failed: the Pi's" in printed.out
+    assert load_bundle(out).manifest.extra["parity"]["passed"] is False
 
 
 def test_onnx2tf_exiting_0_without_an_expected_file_is_caught(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from convert.calibrate import draw_calibration_windows
 from convert.cli import EXIT_ERROR, main
 from convert.errors import CalibrationError, ConversionError, RunDirectoryError
 from convert.int8 import configure_full_int8, converter_settings
-from convert.parity import GateLimits, Row, choose_thresholds, gate_checks
+from convert.parity import GateLimits, Row, choose_thresholds, gate_checks, plan_device_venvs
 from convert.tflite import check_calibration_layout
 from device.scores import spoof_margin
 from tests.convert_fixtures import write_easy_corpus
@@ -96,6 +97,68 @@ def test_gate_fails_each_limit_and_skips_missing_runtimes() -> None:
     assert not checks[("int8 @ b", "|EER - torch EER|")].passed  # 1.5 points
     skipped = checks[("int8 @ c", "int8 agreement and EER")]
     assert skipped.skipped and skipped.passed and "not built" in skipped.describe()
+
+
+def test_the_pis_runtime_not_built_fails_the_gate_unless_skipped_by_name(tmp_path: Path) -> None:
+    device, tflite = str(tmp_path / ".venv-device"), str(tmp_path / ".venv-tflite")
+    plans = {Path(p.venv).name: p for p in plan_device_venvs([device, tflite])}
+    assert plans[".venv-tflite"].action == "skip"  # another build: not built is a skip
+    assert plans[".venv-tflite"].reason == f"{tflite} not built (make tflite-venv)"
+    pi = plans[".venv-device"]
+    assert pi.action == "fail"
+    assert pi.reason.startswith("the Pi's runtime (ai-edge-litert 2.3.0, numpy 2, as on a Pi)")
+    assert f"{device} is not built (no {device}/bin/python)" in pi.reason
+    assert "`make device-venv`" in pi.reason and "`--skip-runtime device`" in pi.reason
+    assert "SKIP_RUNTIMES=device" in pi.reason
+    for name in ("device", ".venv-device"):  # by its kind or its directory
+        (pi,) = [p for p in plan_device_venvs([device], skip=[name])]
+        assert (pi.action, pi.reason) == (
+            "skip",
+            f"{device} skipped by name (--skip-runtime device)",
+        )
+    # Left out of the list without being named: still a failure.
+    left_out = [p for p in plan_device_venvs([tflite]) if p.venv == ".venv-device"]
+    assert [p.action for p in left_out] == ["fail"]
+    assert ".venv-device is not among the device venvs to run" in left_out[0].reason
+    assert plan_device_venvs([], skip=["device", "tflite"]) == []
+    # Built (a bin/python that is a real interpreter): it runs.
+    (tmp_path / ".venv-device" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-device" / "bin" / "python").symlink_to(sys.executable)
+    assert [p.action for p in plan_device_venvs([device])] == ["run"]
+    with pytest.raises(
+        ValueError, match=r"one of tflite \(\.venv-tflite\), device \(\.venv-device\), got 'litert'"
+    ):
+        plan_device_venvs([device], skip=["litert"])
+
+
+def test_a_row_that_failed_to_run_fails_the_gate() -> None:
+    torch_row = _row("torch", "torch", eer=0.05)
+    failed = Row(
+        "int8 @ .venv-device",
+        "int8",
+        "-",
+        "ai-edge-litert",
+        environment=".venv-device",
+        status="failed",
+        reason="the Pi's runtime (ai-edge-litert 2.3.0) could not run: .venv-device is not built",
+    )
+    (check,) = gate_checks([torch_row, failed], torch_row, GateLimits())
+    assert not check.passed and not check.skipped
+    assert check.describe() == (
+        "FAIL     int8 @ .venv-device: int8 agreement and EER (failed: the Pi's runtime "
+        "(ai-edge-litert 2.3.0) could not run: .venv-device is not built)"
+    )
+
+
+def test_cli_refuses_an_unknown_runtime_to_skip_before_converting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["--run", str(tmp_path / "nope"), "--skip-runtime", "pi"])
+    assert status == EXIT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "error: --skip-runtime: expected a device runtime named one of tflite (.venv-tflite), "
+        "device (.venv-device), got 'pi'"
+    )
 
 
 def test_calibration_layout_is_checked_before_onnx2tf_runs() -> None:

@@ -18,7 +18,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cache="${ARM_CACHE:-$repo/.cache/arm}"
 host_python="${HOST_PYTHON:-$repo/.venv/bin/python}"
-cpus=(cortex-a72 cortex-a76)
+cpus=(cortex-a53 cortex-a72 cortex-a76)  # Pi Zero 2 W / Pi 3, Pi 4, Pi 5
 declare -A lock_files=([litert]=requirements/device.txt [tflite]=requirements/device-tflite.txt)
 # Packages of the arm64 userland; apt adds their dependencies (about 40 .debs).
 arm_packages=(python3.11 libstdc++6)

@@ -1,4 +1,4 @@
-"""x86 against emulated Cortex-A72 / Cortex-A76: the device runtime gives the same answers.
+"""x86 against emulated Cortex-A53 / A72 / A76: the device runtime gives the same answers.
 
 Run by `make test-arm` (scripts/test-arm.sh) after scripts/arm/build-env.sh has built the
 emulated environments and scripts/device-venv.sh the x86 ones. Two checks:
@@ -41,7 +41,8 @@ import numpy as np
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[2]
-CPUS = ("cortex-a72", "cortex-a76")
+CPUS = ("cortex-a53", "cortex-a72", "cortex-a76")
+"""Pi Zero 2 W and Pi 3 (Cortex-A53), Pi 4 (A72), Pi 5 (A76)."""
 RUNTIMES = ("litert", "tflite")
 FORMATS = ("int8", "fp32")
 RUN_TIMEOUT_S = 900
@@ -57,7 +58,7 @@ class CompareError(RuntimeError):
 class Env:
     """One place the device runtime runs: x86 natively, or a CPU model under qemu."""
 
-    machine: str  # "x86_64" | "cortex-a72" | "cortex-a76"
+    machine: str  # "x86_64" | "cortex-a53" | "cortex-a72" | "cortex-a76"
     runtime: str  # "litert" | "tflite"
     python: tuple[str, ...]
 
