@@ -266,13 +266,15 @@ depend on the CPU's instructions (seen: up to 5e-7 of full scale, a few float32 
 WAV and FLAC decode with integer arithmetic and must be bit-exact."""
 
 LOSSY_DECODE_LIMIT = 1e-5
-INT8_LSB_TOLERANCE = 1
-"""Raw int8 outputs of LiteRT's default path may differ from x86 by this many steps of the
-output scale (a rounding difference inside an int8 kernel; every decision must still be
-equal). Bit-exactness is reported in the table, not required."""
 """Largest |difference| of decoded lossy audio accepted between CPUs: -100 dBFS, 20x above the
 codecs' float rounding and far below the int8 model input's step (1/128); a decoder that is
 wrong rather than rounded differently lands far above it."""
+
+INT8_LSB_TOLERANCE = 2
+"""Raw int8 outputs of LiteRT's default path may differ from x86 by this many steps of the
+output scale; every decision must still be equal. Measured: 1 LSB on the demo bundle, 2 LSB in
+2 of 332 outputs of the convert tests' tiny CLAD, the same on Cortex-A53, A72 and A76 (an x86
+vs Arm rounding difference inside an int8 kernel). Bit-exactness is reported, not required."""
 
 
 def stage_diffs(ours: Path, ref: Path, name: str) -> dict[str, float]:
