@@ -47,6 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from device.audio import DEFAULT_MAX_DURATION_S, AudioError, windows_for_scoring
 from device.config import is_loopback
+from device.outbox import Outbox, render_outbox_metrics
 from device.runtime import DECISIONS, Scorer
 from device.stream import WindowResult
 
@@ -108,6 +109,7 @@ class AgentState:
         self.stall_after_s: float | None = None
         self.event_write_errors = 0
         self.event_file_error = ""  # the last event-file write error, "" while writes succeed
+        self.outboxes: list[Outbox] = []  # MQTT, webhooks: queue depth and drops in /metrics
 
     def record(self, result: WindowResult, latency_ms: float) -> None:
         with self._lock:
@@ -263,6 +265,7 @@ class AgentState:
                 "# HELP clad_up 1 while the agent runs.",
                 "# TYPE clad_up gauge",
                 f"clad_up {int(self.running)}",
+                *render_outbox_metrics(self.outboxes),
             ]
         return "\n".join(out) + "\n"
 
