@@ -10,6 +10,7 @@ bounded in time. Traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -60,6 +61,9 @@ class Mosquitto:
             "max_queued_messages 0\n"  # 0: no limit on a sleeping subscriber's queue
             "max_inflight_messages 0\n"
             f"log_dest file {self.log}\n"
+            # as root, mosquitto would switch to its own user, who cannot write in this
+            # directory: no session store, so a restart would forget the subscriber
+            f"user {getpass.getuser()}\n"
         )
         self.process: subprocess.Popen | None = None
 
