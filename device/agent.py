@@ -422,6 +422,12 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
         publisher = MqttPublisher(settings.mqtt, scorer.describe())
         sinks.append(publisher)
         state.outboxes.append(publisher.outbox)
+    if settings.webhook.urls:
+        from device.webhook import WebhookSender
+
+        webhooks = WebhookSender(settings.webhook)
+        sinks.append(webhooks)
+        state.outboxes.extend(webhooks.outboxes)
     api = None
     if settings.api.listen:
         host, port = parse_listen(settings.api.listen)

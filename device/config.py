@@ -13,6 +13,8 @@
                 discovery_prefix, types, retain_state, keepalive_s, username, password,
                 tls_ca_file, tls_cert_file, tls_key_file, tls_insecure, backoff_initial_s,
                 backoff_max_s, spool, max_queue, batch
+    [webhook]   urls (empty = off), secret, types, timeout_s, backoff_initial_s, backoff_max_s,
+                spool_dir, max_queue
 
 See deploy/clad-agent.toml for a commented example. The API token is never a setting
 value that gets echoed: it comes from `api.token_file` or the CLAD_AGENT_TOKEN variable.
@@ -29,6 +31,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 TOKEN_ENV = "CLAD_AGENT_TOKEN"
 
@@ -181,6 +184,20 @@ class MqttSettings:
     batch: int = 100  # events in flight at once
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """[webhook]: POST events as JSON to each URL (device.webhook); no urls = off."""
+
+    urls: tuple[str, ...] = ()  # http:// or https:// URLs; each has its own queue
+    secret: str = ""  # HMAC-SHA256 key for X-Clad-Signature; never echoed
+    types: tuple[str, ...] = ("decision",)  # event types posted
+    timeout_s: float = 5.0  # connect + response, per attempt
+    backoff_initial_s: float = 1.0  # after a failed attempt: wait, doubling ...
+    backoff_max_s: float = 60.0  # ... up to this, retrying until delivered
+    spool_dir: str = ""  # one sqlite3 spool per URL here; empty: in memory
+    max_queue: int = 10_000  # per URL; the oldest is dropped beyond it
+
+
 SECRET_KEYS = frozenset({"password", "secret"})
 
 
@@ -205,6 +222,7 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """All settings, secrets redacted (this goes into the start event)."""
@@ -218,6 +236,7 @@ _SECTION_CLASSES = {
     "events": EventSettings,
     "api": ApiSettings,
     "mqtt": MqttSettings,
+    "webhook": WebhookSettings,
 }
 _KINDS = {
     "str": (str,),
@@ -366,7 +385,34 @@ def validate(settings: Settings) -> Settings:
     if a.listen:
         parse_listen(a.listen)
     validate_mqtt(settings.mqtt)
+    validate_webhook(settings.webhook)
     return settings
+
+
+def validate_webhook(w: WebhookSettings) -> None:
+    for url in w.urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"webhook.urls: expected http:// or https:// URLs, got {url!r}")
+    unknown = sorted(set(w.types) - set(MQTT_EVENT_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"webhook.types: expected some of {list(MQTT_EVENT_TYPES)}, got {unknown}"
+        )
+    if not 0 < w.timeout_s <= 300:
+        raise ConfigError(f"webhook.timeout_s: expected 0 < timeout_s <= 300 s, got {w.timeout_s}")
+    if w.backoff_initial_s <= 0 or w.backoff_max_s < w.backoff_initial_s:
+        raise ConfigError(
+            "webhook: expected 0 < backoff_initial_s <= backoff_max_s, got "
+            f"{w.backoff_initial_s} and {w.backoff_max_s}"
+        )
+    if not 1 <= w.max_queue <= 10_000_000:
+        raise ConfigError(f"webhook.max_queue: expected 1-10000000, got {w.max_queue}")
+    if w.urls and not w.secret:
+        raise ConfigError(
+            "webhook.urls is set without webhook.secret: expected a secret, so receivers can "
+            "check X-Clad-Signature (e.g. secret = the output of `openssl rand -hex 32`)"
+        )
 
 
 def validate_mqtt(q: MqttSettings) -> None:

@@ -161,6 +161,7 @@ class Outbox:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         close_timeout_s: float = 3.0,
+        rejected: Callable[[], int] | None = None,
     ) -> None:
         self.name = name
         self.spool = spool
@@ -170,6 +171,7 @@ class Outbox:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.close_timeout_s = close_timeout_s
+        self._rejected = rejected  # events the receiver refused for good (and were skipped)
         self.delivered = 0
         self.failures = 0
         self.last_error = ""
@@ -246,6 +248,7 @@ class Outbox:
             "dropped": self.spool.dropped,
             "delivered": self.delivered,
             "failures": self.failures,
+            "rejected": self._rejected() if self._rejected else 0,
         }
 
 
@@ -256,8 +259,9 @@ def render_outbox_metrics(outboxes: list[Outbox]) -> list[str]:
     specs = (
         ("queue_depth", "gauge", "clad_outbox_queue_depth", "Events waiting in the spool."),
         ("dropped", "counter", "clad_outbox_dropped_total", "Oldest events dropped (spool full)."),
-        ("delivered", "counter", "clad_outbox_delivered_total", "Events delivered."),
+        ("delivered", "counter", "clad_outbox_delivered_total", "Events handed over (or refused)."),
         ("failures", "counter", "clad_outbox_failures_total", "Failed delivery attempts."),
+        ("rejected", "counter", "clad_outbox_rejected_total", "Events refused for good (4xx)."),
     )
     values = [(box.name, box.metrics()) for box in outboxes]
     lines: list[str] = []
