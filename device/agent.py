@@ -238,6 +238,7 @@ class Agent:
                 self.state.event_write_recovered()
         if event["type"] != "window":
             self._last_event_s = time.monotonic()
+            self.state.note_event(event)
 
     def _maybe_watchdog(self) -> None:
         """WATCHDOG=1 at half the interval, unless the source runs but no window comes."""
