@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/install-system-dep
 	./scripts/install-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[device,train,convert,dev]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[device,alerts,train,convert,dev]"
 	touch $@
 
 data: $(STAMP)

@@ -81,8 +81,15 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def measure(
-    bundle: Path, seconds: float, model: str, threads: int, audio: Path | None, python: str
+    bundle: Path,
+    seconds: float,
+    model: str,
+    threads: int,
+    audio: Path | None,
+    python: str,
+    extra_args: tuple[str, ...] = (),
 ) -> dict:
+    """One run; `extra_args` go to `listen` as well (e.g. --mqtt URL, see alerts_load)."""
     with tempfile.TemporaryDirectory(prefix="agent-load-") as tmp:
         tmp_dir = Path(tmp)
         audio = audio or make_audio(tmp_dir / "stream.wav", seconds)
@@ -92,7 +99,7 @@ def measure(
             "--bundle", str(bundle), "--source", str(audio),
             "--realtime", "--chunk-ms", "64", "--every-window", "--quiet", "--model", model,
             "--threads", str(threads), "--events-file", str(events_path),
-            "--heartbeat-s", "3600",
+            "--heartbeat-s", "3600", *extra_args,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
         load_before = os.getloadavg()

@@ -43,6 +43,7 @@ from device.events import (
     StdoutSink,
     utc_now_iso,
 )
+from device.outbox import SpoolError
 from device.runtime import Scorer
 from device.sources import END, FileSource, MicSource, Source, SourceError, StdinSource
 from device.stream import StreamPipeline, WindowResult
@@ -215,6 +216,10 @@ class Agent:
         for sink in self.sinks:
             try:
                 sink.write(event)
+            except SpoolError as error:  # an outbox's spool: log it, detection goes on
+                self.state.event_write_failed(str(error))
+                log.error("%s; detection goes on", error)
+                continue
             except EventFileError as error:  # a full disk must not end detection
                 first = not self.state.event_file_error
                 self.state.event_write_failed(str(error))
@@ -233,6 +238,7 @@ class Agent:
                 self.state.event_write_recovered()
         if event["type"] != "window":
             self._last_event_s = time.monotonic()
+            self.state.note_event(event)
 
     def _maybe_watchdog(self) -> None:
         """WATCHDOG=1 at half the interval, unless the source runs but no window comes."""
@@ -411,6 +417,18 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
         {"model": scorer.describe(), "source_name": source.name},
         source_stats=lambda: source.stats,
     )
+    if settings.mqtt.url:
+        from device.mqtt import MqttPublisher  # paho-mqtt: only when MQTT is configured
+
+        publisher = MqttPublisher(settings.mqtt, scorer.describe())
+        sinks.append(publisher)
+        state.outboxes.append(publisher.outbox)
+    if settings.webhook.urls:
+        from device.webhook import WebhookSender
+
+        webhooks = WebhookSender(settings.webhook)
+        sinks.append(webhooks)
+        state.outboxes.extend(webhooks.outboxes)
     api = None
     if settings.api.listen:
         host, port = parse_listen(settings.api.listen)

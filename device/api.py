@@ -1,5 +1,7 @@
 """The agent's local HTTP API (stdlib ThreadingHTTPServer) and the state it reports.
 
+    GET  /         the live status page (HTML, self-contained; device.page)
+    GET  /history  the page's data: the last minutes of smoothed scores, recent events, counters
     GET  /health   200 {"status": "ok"} while the source delivers; 503 "degraded" while it
                    is backing off after an error
     GET  /status   the latest window, smoothed score and decision, counters, model, source
@@ -38,6 +40,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,10 +50,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from device.audio import DEFAULT_MAX_DURATION_S, AudioError, windows_for_scoring
 from device.config import is_loopback
+from device.outbox import Outbox, render_outbox_metrics
+from device.page import PAGE_HTML
 from device.runtime import DECISIONS, Scorer
 from device.stream import WindowResult
 
 log = logging.getLogger("device.api")
+
+HISTORY_POINTS = 2400
+"""Windows kept for the status page's plot: 20 minutes at the usual 0.5 s hop."""
+HISTORY_SPAN_S = 300.0
+"""The plot shows the last 5 minutes."""
+RECENT_EVENTS = 20
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -108,6 +119,10 @@ class AgentState:
         self.stall_after_s: float | None = None
         self.event_write_errors = 0
         self.event_file_error = ""  # the last event-file write error, "" while writes succeed
+        self.outboxes: list[Outbox] = []  # MQTT, webhooks: queue depth and drops in /metrics
+        # The status page's data: the last windows (bounded ring) and the last events.
+        self.history: deque[tuple[float, float | None, float, float]] = deque(maxlen=HISTORY_POINTS)
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
 
     def record(self, result: WindowResult, latency_ms: float) -> None:
         with self._lock:
@@ -123,6 +138,51 @@ class AgentState:
             self.latency.observe(latency_ms / 1000.0)
             self.inference.observe(result.inference_ms / 1000.0)
             self.last_scored_monotonic = time.monotonic()
+            self.history.append(
+                (self.last_scored_monotonic, result.smoothed, result.p_spoof, result.rms_dbfs)
+            )
+
+    def note_event(self, event: dict[str, Any]) -> None:
+        """Keep a short copy of a non-window event for the status page."""
+        keep = ("time", "type", "decision", "previous", "smoothed", "source_state", "reason")
+        with self._lock:
+            self.recent_events.append({k: event[k] for k in keep if k in event})
+
+    def page_history(self, threshold: float | None) -> dict[str, Any]:
+        """GET /history: what the status page draws (the last HISTORY_SPAN_S seconds)."""
+        source = self.source_snapshot()
+        now = time.monotonic()
+        with self._lock:
+            points = [
+                [round(t, 3), smoothed, p_spoof]
+                for t, smoothed, p_spoof, _ in self.history
+                if now - t <= HISTORY_SPAN_S
+            ]
+            latest = self.latest
+            return {
+                "now_s": round(now, 3),
+                "span_s": HISTORY_SPAN_S,
+                "decision": self.decision,
+                "smoothed": self.smoothed,
+                "threshold": threshold,
+                "rms_dbfs": None if latest is None else round(latest.rms_dbfs, 2),
+                "points": points,
+                "events": list(self.recent_events),
+                "counters": {
+                    "windows scored": self.windows_scored,
+                    "silent windows": self.silent_windows,
+                    "overflows": source.get("overflows", 0),
+                    "source errors": source.get("errors", 0),
+                    "source": source.get("state", "-"),
+                    "spoof alarms": self.decision_changes.get("spoof", 0),
+                    "event write errors": self.event_write_errors,
+                    **{
+                        f"{box.name} queued / dropped": f"{box.spool.depth} / {box.spool.dropped}"
+                        for box in self.outboxes
+                    },
+                    "uptime s": round(now - self.started_monotonic),
+                },
+            }
 
     def event_write_failed(self, problem: str) -> None:
         with self._lock:
@@ -263,6 +323,7 @@ class AgentState:
                 "# HELP clad_up 1 while the agent runs.",
                 "# TYPE clad_up gauge",
                 f"clad_up {int(self.running)}",
+                *render_outbox_metrics(self.outboxes),
             ]
         return "\n".join(out) + "\n"
 
@@ -311,6 +372,7 @@ LISTEN_BACKLOG = 128
 """listen() backlog: the stdlib default of 5 dropped connections under 32 clients."""
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+_TOKEN_IN_QUERY = re.compile(r"(access_token=)[^&\s]*")
 
 
 def _host_name(host_header: str) -> str:
@@ -599,7 +661,28 @@ def _score(handler: _Handler) -> None:
     handler.reply_json(HTTPStatus.OK, result)
 
 
+def _page(handler: _Handler) -> None:
+    handler.reply(
+        HTTPStatus.OK,
+        PAGE_HTML.encode(),
+        "text/html; charset=utf-8",
+        headers={
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+def _history(handler: _Handler) -> None:
+    api = handler.api
+    handler.reply_json(HTTPStatus.OK, api.state.page_history(api.scorer.threshold))
+
+
 ROUTES: dict[str, dict[str, Callable[[_Handler], None]]] = {
+    "/": {"GET": _page},
+    "/history": {"GET": _history},
     "/health": {"GET": _health},
     "/status": {"GET": _status},
     "/metrics": {"GET": _metrics},
@@ -614,7 +697,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        text = _TOKEN_IN_QUERY.sub(r"\1<redacted>", format % args)
+        log.debug("%s %s", self.address_string(), text)
 
     def setup(self) -> None:
         super().setup()  # applies self.timeout (the header timeout) to the socket
@@ -671,6 +755,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not token:
             return
         header = self.headers.get("Authorization", "")
+        if not header and self.command in ("GET", "HEAD"):
+            # A browser opening the status page cannot send a header: ?access_token= (RFC 6750)
+            given_in_query = parse_qs(urlsplit(self.path).query).get("access_token", [""])[0]
+            if given_in_query:
+                header = f"Bearer {given_in_query}"
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
             problem = "missing bearer token"

@@ -250,6 +250,13 @@ def _listen_options(listen: argparse.ArgumentParser) -> None:
         help=f"bearer token file, mode 0600 (default: ${TOKEN_ENV}, else no token)",
     )
     add(
+        "--mqtt",
+        metavar="mqtt://HOST:PORT",
+        default=None,
+        help="publish decisions and heartbeats to this MQTT broker, with Home Assistant "
+        "discovery; mqtts:// for TLS (default: [mqtt] url, else off; needs paho-mqtt)",
+    )
+    add(
         "--max-upload-bytes",
         type=int,
         default=None,
@@ -381,6 +388,7 @@ def listen_settings(args: argparse.Namespace) -> Settings:
                 "token_file": args.api_token_file,
                 "max_upload_bytes": args.max_upload_bytes,
             },
+            "mqtt": {"url": args.mqtt},
         },
     )
     if not settings.model.bundle:

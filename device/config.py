@@ -9,6 +9,12 @@
     [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes, max_audio_s,
                 max_connections, max_concurrent_scores, header_timeout_s, body_timeout_s,
                 allowed_hosts
+    [mqtt]      url (mqtt://HOST:PORT, empty = off), topic, node_id, discovery,
+                discovery_prefix, types, retain_state, keepalive_s, username, password,
+                tls_ca_file, tls_cert_file, tls_key_file, tls_insecure, backoff_initial_s,
+                backoff_max_s, spool, max_queue, batch
+    [webhook]   urls (empty = off), secret, types, timeout_s, backoff_initial_s, backoff_max_s,
+                spool_dir, max_queue
 
 See deploy/clad-agent.toml for a commented example. The API token is never a setting
 value that gets echoed: it comes from `api.token_file` or the CLAD_AGENT_TOKEN variable.
@@ -25,6 +31,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 TOKEN_ENV = "CLAD_AGENT_TOKEN"
 
@@ -149,6 +156,64 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted beyond loopback (with a token)
 
 
+MQTT_EVENT_TYPES = ("decision", "heartbeat", "start", "source", "stop", "window")
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """[mqtt]: publish events to a broker (device.mqtt); empty url = off."""
+
+    url: str = ""  # mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)
+    topic: str = "clad/{node}"  # base topic; {node} = node_id
+    node_id: str = ""  # empty: the host name
+    discovery: bool = True  # Home Assistant MQTT discovery configs (retained)
+    discovery_prefix: str = "homeassistant"
+    types: tuple[str, ...] = ("decision", "heartbeat")  # event types published
+    retain_state: bool = True  # the last state message stays on the broker
+    keepalive_s: int = 30
+    username: str = ""
+    password: str = ""  # never echoed: redacted in the start event and logs
+    tls_ca_file: str = ""  # a CA bundle; set with mqtts:// (empty: the system's CAs)
+    tls_cert_file: str = ""  # client certificate (mutual TLS)
+    tls_key_file: str = ""
+    tls_insecure: bool = False  # skip the broker's host-name check (testing only)
+    backoff_initial_s: float = 1.0  # reconnect: wait, doubling ...
+    backoff_max_s: float = 60.0  # ... up to this
+    spool: str = ""  # sqlite3 file of events not yet delivered; empty: in memory
+    max_queue: int = 100_000  # spool bound (events); the oldest is dropped beyond it
+    batch: int = 100  # events in flight at once
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """[webhook]: POST events as JSON to each URL (device.webhook); no urls = off."""
+
+    urls: tuple[str, ...] = ()  # http:// or https:// URLs; each has its own queue
+    secret: str = ""  # HMAC-SHA256 key for X-Clad-Signature; never echoed
+    types: tuple[str, ...] = ("decision",)  # event types posted
+    timeout_s: float = 5.0  # connect + response, per attempt
+    backoff_initial_s: float = 1.0  # after a failed attempt: wait, doubling ...
+    backoff_max_s: float = 60.0  # ... up to this, retrying until delivered
+    spool_dir: str = ""  # one sqlite3 spool per URL here; empty: in memory
+    max_queue: int = 10_000  # per URL; the oldest is dropped beyond it
+
+
+SECRET_KEYS = frozenset({"password", "secret"})
+
+
+def redacted(settings: dict[str, Any]) -> dict[str, Any]:
+    """A settings dict with secret values (password, secret) replaced by "<set>"."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out[key] = redacted(value)
+        elif key in SECRET_KEYS and value:
+            out[key] = "<set>"
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -156,9 +221,12 @@ class Settings:
     decision: DecisionSettings = field(default_factory=DecisionSettings)
     events: EventSettings = field(default_factory=EventSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All settings, secrets redacted (this goes into the start event)."""
+        return redacted(dataclasses.asdict(self))
 
 
 _SECTION_CLASSES = {
@@ -167,6 +235,8 @@ _SECTION_CLASSES = {
     "decision": DecisionSettings,
     "events": EventSettings,
     "api": ApiSettings,
+    "mqtt": MqttSettings,
+    "webhook": WebhookSettings,
 }
 _KINDS = {
     "str": (str,),
@@ -314,7 +384,60 @@ def validate(settings: Settings) -> Settings:
         )
     if a.listen:
         parse_listen(a.listen)
+    validate_mqtt(settings.mqtt)
+    validate_webhook(settings.webhook)
     return settings
+
+
+def validate_webhook(w: WebhookSettings) -> None:
+    for url in w.urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"webhook.urls: expected http:// or https:// URLs, got {url!r}")
+    unknown = sorted(set(w.types) - set(MQTT_EVENT_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"webhook.types: expected some of {list(MQTT_EVENT_TYPES)}, got {unknown}"
+        )
+    if not 0 < w.timeout_s <= 300:
+        raise ConfigError(f"webhook.timeout_s: expected 0 < timeout_s <= 300 s, got {w.timeout_s}")
+    if w.backoff_initial_s <= 0 or w.backoff_max_s < w.backoff_initial_s:
+        raise ConfigError(
+            "webhook: expected 0 < backoff_initial_s <= backoff_max_s, got "
+            f"{w.backoff_initial_s} and {w.backoff_max_s}"
+        )
+    if not 1 <= w.max_queue <= 10_000_000:
+        raise ConfigError(f"webhook.max_queue: expected 1-10000000, got {w.max_queue}")
+    if w.urls and not w.secret:
+        raise ConfigError(
+            "webhook.urls is set without webhook.secret: expected a secret, so receivers can "
+            "check X-Clad-Signature (e.g. secret = the output of `openssl rand -hex 32`)"
+        )
+
+
+def validate_mqtt(q: MqttSettings) -> None:
+    if q.url and not q.url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError(
+            f"mqtt.url: expected mqtt://HOST:PORT or mqtts://HOST:PORT, got {q.url!r}"
+        )
+    unknown = sorted(set(q.types) - set(MQTT_EVENT_TYPES))
+    if unknown:
+        raise ConfigError(f"mqtt.types: expected some of {list(MQTT_EVENT_TYPES)}, got {unknown}")
+    if not q.topic.strip("/") or any(c in q.topic for c in "#+"):
+        raise ConfigError(f"mqtt.topic: expected a topic without # or +, got {q.topic!r}")
+    if q.backoff_initial_s <= 0 or q.backoff_max_s < q.backoff_initial_s:
+        raise ConfigError(
+            "mqtt: expected 0 < backoff_initial_s <= backoff_max_s, got "
+            f"{q.backoff_initial_s} and {q.backoff_max_s}"
+        )
+    if not 1 <= q.max_queue <= 10_000_000 or not 1 <= q.batch <= 1000:
+        raise ConfigError(
+            f"mqtt: expected max_queue 1-10000000 and batch 1-1000, got {q.max_queue} and {q.batch}"
+        )
+    if not 5 <= q.keepalive_s <= 3600:
+        raise ConfigError(f"mqtt.keepalive_s: expected 5-3600 s, got {q.keepalive_s}")
+    if q.password and not q.username:
+        raise ConfigError("mqtt.password is set without mqtt.username; expected both or neither")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -3,10 +3,12 @@
 #   portaudio19-dev  headers PyAudio compiles against (microphone capture)
 #   libsndfile1      audio decoding for soundfile on machines without its bundled copy
 #   alsa-utils       arecord/aplay, for piping a microphone into `clad-agent listen --source stdin`
+#   mosquitto        an MQTT broker: the tests start a real one on a loopback port (MQTT alerts)
+#   chromium         a headless browser: the tests load the agent's status page in it
 # Idempotent: when everything is present it prints one line and changes nothing.
 set -euo pipefail
 
-packages=(portaudio19-dev libsndfile1 alsa-utils)
+packages=(portaudio19-dev libsndfile1 alsa-utils mosquitto chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,0 +1,290 @@
+"""MQTT against a real mosquitto on loopback: discovery, availability, a broker restart
+mid-stream with nothing lost or reordered, the bounded spool, and the agent end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the alerts extra) is not installed")
+
+from device.api import AgentState
+from device.config import ConfigError, MqttSettings, Settings, load_settings
+from device.mqtt import MqttPublisher, parse_mqtt_url
+from device.outbox import Spool
+from tests.brokers import Message, Mosquitto, Subscriber
+from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
+
+NODE = "testpi"
+BASE = f"clad/{NODE}"
+
+
+def decision_event(n: int) -> dict:
+    decision = ("bonafide", "spoof")[n % 2]
+    return {
+        "schema": 1,
+        "type": "decision",
+        "time": "2026-01-31T12:00:00.000000Z",
+        "source": "file:test.wav",
+        "window": n,
+        "p_spoof": 0.9 if decision == "spoof" else 0.1,
+        "smoothed": 0.8 if decision == "spoof" else 0.2,
+        "decision": decision,
+        "n": n,
+    }
+
+
+def settings_for(broker: Mosquitto, tmp_path: Path, **changes) -> MqttSettings:
+    values = {
+        "url": f"mqtt://127.0.0.1:{broker.port}",
+        "node_id": NODE,
+        "spool": str(tmp_path / "mqtt-spool.sqlite3"),
+        "backoff_initial_s": 1.0,
+        "backoff_max_s": 1.0,
+    }
+    values.update(changes)
+    return MqttSettings(**values)
+
+
+def state_events(subscriber: Subscriber) -> list[dict]:
+    return [json.loads(m.payload) for m in subscriber.on(f"{BASE}/state")]
+
+
+def test_discovery_availability_and_state(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port, ["clad/#", "homeassistant/#"])
+        publisher = MqttPublisher(settings_for(broker, tmp_path), {"model_name": "fixture"})
+        try:
+            for n in range(5):
+                publisher.write(decision_event(n))
+            publisher.write({"type": "window", "n": 99})  # not a published type
+            assert sub.wait_for(lambda _: len(state_events(sub)) == 5, timeout_s=20)
+        finally:
+            publisher.close()
+        assert sub.wait_for(
+            lambda _: [m.payload for m in sub.on(f"{BASE}/availability")][-1:] == [b"offline"],
+            timeout_s=10,
+        )
+        sub.close()
+
+    events = state_events(sub)
+    assert [e["n"] for e in events] == [0, 1, 2, 3, 4]
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert [m.payload for m in sub.on(f"{BASE}/availability")] == [b"online", b"offline"]
+
+    spoof = json.loads(sub.on(f"homeassistant/binary_sensor/{NODE}/spoof/config")[0].payload)
+    assert spoof["state_topic"] == f"{BASE}/state"
+    assert spoof["availability_topic"] == f"{BASE}/availability"
+    assert spoof["payload_available"] == "online" and spoof["payload_not_available"] == "offline"
+    assert spoof["unique_id"] == f"clad_{NODE}_spoof"
+    assert "value_json.decision == 'spoof'" in spoof["value_template"]
+    assert spoof["device"]["identifiers"] == [f"clad_agent_{NODE}"]
+    assert spoof["device"]["model"] == "fixture"
+
+    p_spoof = json.loads(sub.on(f"homeassistant/sensor/{NODE}/p_spoof/config")[0].payload)
+    assert p_spoof["value_template"] == "{{ value_json.smoothed }}"
+    assert p_spoof["state_class"] == "measurement"
+    assert p_spoof["device"] == spoof["device"]
+
+    online = json.loads(sub.on(f"homeassistant/binary_sensor/{NODE}/online/config")[0].payload)
+    assert online["state_topic"] == f"{BASE}/availability"
+    assert online["device_class"] == "connectivity"
+    assert (online["payload_on"], online["payload_off"]) == ("online", "offline")
+
+
+def test_discovery_and_state_are_retained_for_a_late_subscriber(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        publisher = MqttPublisher(settings_for(broker, tmp_path))
+        try:
+            publisher.write(decision_event(1))
+            assert publisher.outbox.drain(20)
+            late = Subscriber(broker.port, ["clad/#", "homeassistant/#"], client_id="late")
+            assert late.wait_for(lambda msgs: len(msgs) >= 5, timeout_s=10)
+            late.close()
+        finally:
+            publisher.close()
+    retained = {m.topic: m for m in late.messages if m.retain}
+    assert json.loads(retained[f"{BASE}/state"].payload)["decision"] == "spoof"
+    assert retained[f"{BASE}/availability"].payload == b"online"
+    assert {
+        f"homeassistant/binary_sensor/{NODE}/spoof/config",
+        f"homeassistant/sensor/{NODE}/p_spoof/config",
+        f"homeassistant/binary_sensor/{NODE}/online/config",
+    } <= set(retained)
+
+
+def test_a_broker_restart_mid_stream_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+    total, stop_at, restart_at = 3000, 1000, 1600
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port, [f"{BASE}/state"])
+        publisher = MqttPublisher(settings_for(broker, tmp_path))
+        state = AgentState({})
+        state.outboxes.append(publisher.outbox)
+        try:
+            for n in range(total):
+                if n == stop_at:
+                    broker.stop()
+                if n == restart_at:
+                    queued_while_away = publisher.outbox.spool.depth
+                    broker.start()
+                publisher.write(decision_event(n))
+            assert publisher.outbox.drain(60), "the spool did not empty within 60 s"
+            assert sub.wait_for(
+                lambda _: {e["n"] for e in state_events(sub)} >= set(range(total)), 60
+            )
+            metrics = state.metrics()
+        finally:
+            publisher.close()
+            sub.close()
+
+    assert queued_while_away >= restart_at - stop_at - 100  # those waited in the spool
+    received = [e["n"] for e in state_events(sub)]
+    first_seen = list(dict.fromkeys(received))  # QoS 1 is at least once: drop redeliveries
+    assert first_seen == list(range(total))  # none lost, order kept
+    assert len(received) - total <= 200  # redeliveries only of what was in flight
+    assert 'clad_outbox_queue_depth{sink="mqtt"} 0' in metrics
+    assert 'clad_outbox_dropped_total{sink="mqtt"} 0' in metrics
+    assert f'clad_outbox_delivered_total{{sink="mqtt"}} {total}' in metrics
+
+
+def test_events_spooled_on_disk_go_out_after_an_agent_restart(tmp_path: Path) -> None:
+    """The broker is down while the agent stops: the next agent delivers what the last kept."""
+    broker = Mosquitto(tmp_path / "broker")
+    settings = settings_for(broker, tmp_path)
+    first = MqttPublisher(settings)
+    for n in range(10):
+        first.write(decision_event(n))
+    first.close()  # no broker: the events stay in the spool file
+    assert Spool(settings.spool, 100).depth == 10
+    with broker:
+        sub = Subscriber(broker.port, [f"{BASE}/state"])
+        second = MqttPublisher(settings)
+        try:
+            second.write(decision_event(10))
+            assert sub.wait_for(lambda _: len(state_events(sub)) >= 11, timeout_s=20)
+        finally:
+            second.close()
+            sub.close()
+    assert [e["n"] for e in state_events(sub)] == list(range(11))
+
+
+def test_last_will_marks_a_killed_agent_offline(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port, [f"{BASE}/availability"])
+        code = (
+            "import sys, time\n"
+            "from device.config import MqttSettings\n"
+            "from device.mqtt import MqttPublisher\n"
+            f"p = MqttPublisher(MqttSettings(url='mqtt://127.0.0.1:{broker.port}', "
+            f"node_id='{NODE}'))\n"
+            "for _ in range(200):\n"
+            "    if p.connected: break\n"
+            "    time.sleep(0.05)\n"
+            "print('connected' if p.connected else 'not connected', flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, env=device_env(), stdout=subprocess.PIPE
+        )
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"connected\n"
+            assert sub.wait_for(lambda m: [x.payload for x in m][-1:] == [b"online"], 10)
+            child.send_signal(signal.SIGKILL)  # no goodbye: the broker sends the will
+            child.wait(10)
+            assert sub.wait_for(lambda m: [x.payload for x in m][-1:] == [b"offline"], 10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+            sub.close()
+
+
+def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(path, max_events=5)
+    seqs = [spool.put({"type": "decision", "n": n}) for n in range(8)]
+    assert seqs == sorted(seqs)
+    assert (spool.depth, spool.dropped) == (5, 3)
+    assert [q.event["n"] for q in spool.peek(10)] == [3, 4, 5, 6, 7]
+    spool.ack(spool.peek(2)[-1].seq)
+    spool.close()
+    reopened = Spool(path, max_events=5)  # the queue and the counter survive a restart
+    assert (reopened.depth, reopened.dropped) == (3, 3)
+    assert [q.event["n"] for q in reopened.peek(10)] == [5, 6, 7]
+    assert reopened.put({"n": 8}) > seqs[-1]  # numbering goes on, never reused
+    reopened.close()
+
+
+def test_mqtt_settings_are_checked_and_the_password_never_echoed(tmp_path: Path) -> None:
+    assert parse_mqtt_url("mqtt://broker.lan") == ("broker.lan", 1883, False)
+    assert parse_mqtt_url("mqtts://broker.lan:8884") == ("broker.lan", 8884, True)
+    for bad in ("http://x:1", "mqtt://", "mqtt://u:p@host:1883"):
+        with pytest.raises(ConfigError, match=r"mqtt\.url"):
+            parse_mqtt_url(bad)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nusername = "pi"\npassword = "hunter2"\n'
+        'types = ["decision"]\n'
+    )
+    settings = load_settings(config)
+    assert settings.mqtt.password == "hunter2" and settings.mqtt.types == ("decision",)
+    assert settings.to_dict()["mqtt"]["password"] == "<set>"
+    assert "hunter2" not in json.dumps(settings.to_dict())
+    for text, problem in (
+        ('[mqtt]\ntypes = ["decisions"]\n', "mqtt.types"),
+        ('[mqtt]\ntopic = "clad/#"\n', "mqtt.topic"),
+        ('[mqtt]\nurl = "tcp://x:1"\n', "mqtt.url"),
+        ('[mqtt]\npassword = "x"\n', "without mqtt.username"),
+    ):
+        config.write_text(text)
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(config)
+    assert Settings().to_dict()["mqtt"]["password"] == ""
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(request: pytest.FixtureRequest) -> Path:
+    return bundle_for(request)
+
+
+def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path) -> None:
+    """`clad-agent listen --mqtt`: the broker gets the same decision events as stdout."""
+    audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port, ["clad/#"])
+        config = tmp_path / "agent.toml"
+        config.write_text(f'[mqtt]\nnode_id = "{NODE}"\nspool = "{tmp_path / "spool.sqlite3"}"\n')
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
+                *("--source", str(audio), "--json", "--config", str(config)),
+                *("--mqtt", f"mqtt://127.0.0.1:{broker.port}"),
+            ],
+            cwd=REPO,
+            env=device_env(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
+        assert sub.wait_for(
+            lambda _: (
+                len(sub.on(f"{BASE}/state")) >= len(decisions)
+                and sub.on(f"{BASE}/availability")[-1:]
+                == [Message(f"{BASE}/availability", b"offline", False)]
+            ),
+            timeout_s=20,
+        )
+        sub.close()
+    published = [e for e in state_events(sub) if e["type"] == "decision"]
+    assert len(decisions) >= 3
+    assert [(e["window"], e["decision"]) for e in published] == [
+        (e["window"], e["decision"]) for e in decisions
+    ]
+    start = next(e for e in json_lines(out.stdout) if e["type"] == "start")
+    assert start["settings"]["mqtt"]["url"] == f"mqtt://127.0.0.1:{broker.port}"
