@@ -29,7 +29,8 @@ from device.audio import (
     window_rms_dbfs,
 )
 from device.config import DecisionSettings
-from device.runtime import Scorer, softmax_spoof
+from device.runtime import Scorer
+from device.scores import p_spoof as p_spoof_of
 
 __all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing"]
 
@@ -248,7 +249,7 @@ class StreamPipeline:
             rms = float(window_rms_dbfs(raw)[0])
             silent = rms < self.silence_floor_dbfs
             logits, inference_ms = self.scorer.score_window(normalize_windows(raw)[0])
-            p_spoof = float(softmax_spoof(logits[None, :])[0])
+            p_spoof = float(p_spoof_of(logits[None, :], self.scorer.calibration)[0])
             decision = self.decider.update(p_spoof, silent)
             self.windows_scored += 1
             self.silent_windows += int(silent)
