@@ -61,6 +61,7 @@ from device.bundle import (
 from device.config import DecisionSettings
 from device.runtime import Scorer
 from device.scores import p_spoof
+from device.stream import replay
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HOURS = 3.0
@@ -227,29 +228,8 @@ def stream_windows(
 
 
 def replay_decisions(windows: StreamWindows, settings: DecisionSettings) -> list[str]:
-    """The Decider of `clad-agent listen` over the stream's windows: one decision each.
-
-    A silent window after `silence_windows` silent ones in a row changes nothing (the
-    decision is "silence", the history empty), so such windows are not replayed: their
-    decision is "silence". Every other window goes through `Decider.update`.
-    """
-    from device.stream import Decider
-
-    decider = Decider(settings)
-    update = decider.update
-    out = ["silence"] * windows.silent.size
-    run = 0
-    limit = settings.silence_windows
-    for i, (p, s) in enumerate(zip(windows.p_spoof.tolist(), windows.silent.tolist(), strict=True)):
-        if s:
-            run += 1
-            if run > limit:
-                continue
-            out[i] = update(0.0, True).decision
-        else:
-            run = 0
-            out[i] = update(p, False).decision
-    return out
+    """The Decider of `clad-agent listen` over the stream's windows (`device.stream.replay`)."""
+    return replay(windows.p_spoof.tolist(), windows.silent.tolist(), settings)
 
 
 # --------------------------------------------------------------------------- metrics

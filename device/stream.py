@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,7 @@ from device.config import DecisionSettings
 from device.runtime import Scorer
 from device.scores import p_spoof as p_spoof_of
 
-__all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing"]
+__all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing", "replay"]
 
 # --------------------------------------------------------------------------- ring buffer
 
@@ -193,6 +194,32 @@ class Decider:
             else:
                 self.decision = "bonafide"
         return Decision(self.smoothed, self.decision, self.decision != previous, previous)
+
+
+def replay(
+    p_spoof: Sequence[float], silent: Sequence[bool], settings: DecisionSettings
+) -> list[str]:
+    """A Decider run over window scores already computed: one decision per window.
+
+    What `listen` decides for those windows (the same Decider). A silent window after
+    `silence_windows` silent ones in a row changes nothing (the decision is "silence", the
+    history empty), so such windows are not replayed; their decision is "silence".
+    """
+    decider = Decider(settings)
+    update = decider.update
+    out = ["silence"] * len(silent)
+    run = 0
+    limit = settings.silence_windows
+    for i, (p, s) in enumerate(zip(p_spoof, silent, strict=True)):
+        if s:
+            run += 1
+            if run > limit:
+                continue
+            out[i] = update(0.0, True).decision
+        else:
+            run = 0
+            out[i] = update(float(p), False).decision
+    return out
 
 
 # --------------------------------------------------------------------------- pipeline
