@@ -24,7 +24,7 @@ help:
 	@echo "make train     train CLAD on the demo corpus into $(RUN)"
 	@echo "make convert   $(RUN) -> ONNX, fp32 + int8 TFLite, parity gate, bundle in $(OUT)"
 	@echo "make outside   score real voices and Flite fakes the demo corpus never saw with $(BUNDLE)"
-	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE)"
+	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE), stream operating table"
 	@echo "make deploy PI=user@host   copy device/ and $(BUNDLE) to a Raspberry Pi and install it"
 	@echo "make test-arm  run the device runtime under emulated aarch64 (Cortex-A72/A76)"
 	@echo "make device-venv / tflite-venv   x86 venvs with only the device runtime (LiteRT / tflite-runtime)"
@@ -56,6 +56,9 @@ outside: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --bundle $(BUNDLE)
+	@# false alarms per hour / time to detect on streams of the eval split; named operating
+	@# points into the bundle's manifest
+	$(PY) -m benchmarks.stream --bundle $(BUNDLE) --write-manifest
 
 demo: $(STAMP)
 	./scripts/demo.sh

@@ -65,7 +65,7 @@ from device.runtimes import (
     runtime_for_module,
     runtime_label,
 )
-from device.scores import spoof_margin
+from device.scores import CALIBRATED_SCORE_DEFINITION, calibrate_threshold, spoof_margin
 
 CHECKPOINT_NAME = "best.pt"
 PARITY_JSON = "parity.json"
@@ -396,6 +396,8 @@ class _Conversion:
             self.log,
         )
         self.thresholds = par.thresholds_from_margins(margins, labels, self.settings.far_target)
+        self.score_calibration = _fit_score_calibration(margins, labels, self.log)
+        self.dev_margins, self.dev_labels = margins, labels
         t = self.thresholds
         self.log(
             f"           dev EER {100 * t.eer:.2f}% at P(spoof) >= {t.eer_p_spoof:.4f}; "
@@ -480,10 +482,15 @@ class _Conversion:
         self.tflite = _TfliteFiles(fp32_path, int8_path, specs, delegation, latency)
 
     def _manifest(self, files: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
-        extra: dict[str, Any] = {"threshold_details": self.thresholds.to_dict()}
+        from convert.score_calibration import manifest_entry
+
+        extra: dict[str, Any] = {
+            "threshold_details": self.thresholds.to_dict(),
+            "calibration": manifest_entry(self.score_calibration, self.dev_source),
+        }
         if parity is not None:
             extra["parity"] = parity
-        return build_manifest(
+        manifest = build_manifest(
             model=self._model_summary(),
             window_samples=self.window_samples,
             hop_samples=self.hop_samples,
@@ -494,6 +501,8 @@ class _Conversion:
             tools=self._tools(),
             extra=extra,
         )
+        manifest["score"]["definition"] = CALIBRATED_SCORE_DEFINITION
+        return manifest
 
     def write_model_manifest(self) -> None:
         onnx_in, onnx_out = _onnx_specs(self.window_samples)
@@ -670,6 +679,28 @@ class _Conversion:
             self.thresholds.eer_margin,
             self.staging / PLOTS_DIR,
         )
+        self.plots.append(self._calibration_report())
+
+    def _calibration_report(self) -> Path:
+        """ECE before/after on dev (PyTorch) and eval (the int8 bundle), reliability PNG."""
+        from convert.score_calibration import ece_pair, plot_reliability
+
+        fit = self.score_calibration
+        int8 = next(r for r in self.rows if r.name == "int8" and r.status == "ok")
+        splits = {
+            "dev (PyTorch)": (self.dev_margins, self.dev_labels),
+            "eval (int8)": (spoof_margin(int8.file_logits), self.evaluation.labels),
+        }
+        for key, (margins, labels) in zip(("dev", "eval"), splits.values(), strict=True):
+            fit.ece_before[key], fit.ece_after[key] = ece_pair(margins, labels, fit.calibration)
+        self.log(
+            f"           calibration ECE dev {fit.ece_before['dev']:.4f} -> "
+            f"{fit.ece_after['dev']:.4f}, eval (int8) {fit.ece_before['eval']:.4f} -> "
+            f"{fit.ece_after['eval']:.4f}"
+        )
+        return plot_reliability(
+            splits, fit.calibration, self.staging / PLOTS_DIR / "reliability.png"
+        )
 
     def write_final_manifest(self) -> None:
         files = dict(self.model_files)
@@ -705,13 +736,13 @@ class _Conversion:
         }
 
     def _threshold(self) -> dict[str, Any]:
-        t = self.thresholds
-        return {
-            "value": t.eer_p_spoof,
+        t, calibration = self.thresholds, self.score_calibration.calibration
+        return {  # calibrated P(spoof): the same decisions as the raw margins (a monotone map)
+            "value": calibrate_threshold(t.eer_margin, calibration),
             "method": "eer_dev",
             "eer_dev": t.eer,
             "far_target": t.far_target,
-            "far_target_value": t.far_p_spoof,
+            "far_target_value": calibrate_threshold(t.far_margin, calibration),
         }
 
     def _data(self) -> dict[str, Any]:
@@ -838,6 +869,14 @@ def convert_run(
         if temporary is not None:
             temporary.cleanup()
         lock.release()
+
+
+def _fit_score_calibration(margins: np.ndarray, labels: np.ndarray, log: Log) -> Any:
+    from convert.score_calibration import fit_calibration
+
+    fit = fit_calibration(margins, labels)
+    log(f"           score calibration on dev file margins: {fit.reason}")
+    return fit
 
 
 DEV_SCORES_FILE = "scores_dev.txt"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from device.scores import LABELS
+from device.scores import LABELS, Calibration
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -117,6 +117,29 @@ class Manifest:
     data: Mapping[str, Any] = field(default_factory=dict)
     tools: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Calibration | None = None  # parsed from extra["calibration"]; None: older bundle
+
+    @property
+    def operating_points(self) -> dict[str, Any]:
+        """Named stream operating points (benchmarks.stream --write-manifest); {} when absent."""
+        points = self.extra.get("operating_points", {})
+        return dict(points) if isinstance(points, dict) else {}
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """What an older bundle lacks, each with what the device does instead."""
+        out = []
+        if self.calibration is None:
+            out.append(
+                "calibration (P(spoof) is the uncalibrated softmax; reconvert with `make "
+                "convert` to calibrate it)"
+            )
+        if not self.operating_points:
+            out.append(
+                "operating_points (no stream operating table: run `python -m benchmarks.stream "
+                "--bundle DIR --write-manifest`)"
+            )
+        return tuple(out)
 
     def model_file(self, model_format: str) -> str:
         if model_format not in MODEL_FILES:
@@ -238,6 +261,7 @@ def manifest_from_dict(data: Any, source: str = MANIFEST_NAME) -> Manifest:
         raise BundleError(f"{source}: labels should be {list(LABELS)}, got {list(labels)}")
     settings = _audio_settings(audio)
     thr = _threshold(threshold)
+    calibration = _calibration(data.get("calibration"), source)
     return Manifest(
         format_version=version,
         model_name=model.get("name", str),
@@ -253,7 +277,21 @@ def manifest_from_dict(data: Any, source: str = MANIFEST_NAME) -> Manifest:
         tools=dict(data.get("tools", {})),
         extra={k: v for k, v in data.items() if k not in _CONTRACT_KEYS}
         | {"model": dict(model.data)},
+        calibration=calibration,
     )
+
+
+def _calibration(data: Any, source: str) -> Calibration | None:
+    """The manifest's optional `calibration` {method, a, b, ...}; None when absent."""
+    if data is None:
+        return None
+    r = _Reader(data, "calibration", source)
+    try:
+        return Calibration(method=r.get("method", str), a=r.get("a", float), b=r.get("b", float))
+    except ValueError as error:
+        if isinstance(error, BundleError):
+            raise
+        raise BundleError(f"{source}: {error}") from error
 
 
 def _file_entry(r: _Reader) -> FileEntry:

@@ -5,6 +5,8 @@
     clad-agent listen --bundle DIR --source mic|stdin|FILE [--device NAME] [--rate HZ]
                       [--channels N] [--realtime] [--api HOST:PORT] [--config FILE.toml]
                       [--events-file PATH] [--json] [--every-window] ...
+    clad-agent calibrate --config FILE.toml [--bundle DIR] --source mic|stdin|FILE
+                      [--minutes N] [--target-fa-per-hour R] [--device NAME] [--rate HZ]
 
 This module parses and hands over: settings come from --config (TOML) and are overridden
 by flags (device.config); the work is done by device.runtime and device.agent.
@@ -99,6 +101,44 @@ def _parser() -> argparse.ArgumentParser:
 
     listen = sub.add_parser("listen", help="score a stream and report decisions")
     _listen_options(listen)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="listen to the room's genuine audio and set a per-device threshold in the "
+        "settings file",
+    )
+    add = calibrate.add_argument
+    add(
+        "--config",
+        required=True,
+        metavar="FILE.toml",
+        help="the agent's settings file (required): read, and [device_calibration] written "
+        "(created if missing; the bundle is never written)",
+    )
+    add("--bundle", metavar="DIR", help="model bundle (default: [model] bundle of --config)")
+    add("--model", choices=MODEL_FORMATS, default=None, help="model format (default int8)")
+    add("--source", metavar="mic|stdin|FILE", help="what to listen to (default: [source] kind)")
+    add(
+        "--device",
+        metavar="NAME",
+        help="mic: device index or name substring (default: the default input)",
+    )
+    add("--rate", type=int, default=None, metavar="HZ", help="stdin: sample rate (required)")
+    add("--channels", type=int, default=None, metavar="N", help="channels (default 1)")
+    add(
+        "--minutes",
+        type=float,
+        default=10.0,
+        metavar="N",
+        help="minutes of genuine room audio to listen to (default 10; a file may end sooner)",
+    )
+    add(
+        "--target-fa-per-hour",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="false alarms per hour allowed on that audio (default 1)",
+    )
     return parser
 
 
@@ -396,6 +436,127 @@ def listen_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _threshold_in_force(
+    settings: Settings, flag: float | None, from_file: float | None
+) -> Settings:
+    """Report which threshold `listen` uses and why (device.calibrate.resolve_threshold)."""
+    from device.bundle import load_bundle
+    from device.calibrate import resolve_threshold
+
+    manifest = load_bundle(settings.model.bundle, verify_files=False).manifest
+    choice, notes = resolve_threshold(settings, manifest, flag, from_file)
+    for note in notes:
+        log.warning("%s", note)
+    log.info("%s", choice.describe())
+    if choice.source in ("device calibration", "operating point"):
+        settings = override(settings, {"model": {"threshold": choice.value}})
+    return settings
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from device.agent import build_source
+    from device.calibrate import (
+        choose_room_threshold,
+        collect_room_scores,
+        eval_stream_cost,
+        model_sha256,
+        now_utc,
+        write_device_calibration,
+    )
+    from device.config import DeviceCalibrationSettings
+    from device.runtime import Scorer
+    from device.sources import SourceError, c_stderr_to_debug
+    from device.stream import StreamPipeline
+
+    config = Path(args.config)
+    try:
+        if not (args.minutes > 0 and args.target_fa_per_hour >= 0):
+            raise ConfigError(
+                f"expected --minutes > 0 and --target-fa-per-hour >= 0, got {args.minutes} and "
+                f"{args.target_fa_per_hour}"
+            )
+        settings = load_settings(config if config.exists() else None)
+        source: dict[str, Any] = {"max_seconds": args.minutes * 60.0}
+        if args.source is not None:
+            if args.source in ("mic", "stdin"):
+                source["kind"] = args.source
+            else:
+                source["kind"], source["path"] = "file", args.source
+        source.update(device=args.device, sample_rate=args.rate, channels=args.channels)
+        settings = override(
+            settings,
+            {"model": {"bundle": args.bundle, "model_format": args.model}, "source": source},
+        )
+        if not settings.model.bundle:
+            raise ConfigError("no bundle: give --bundle DIR or [model] bundle in --config")
+        m = settings.model
+        with c_stderr_to_debug("LiteRT and PortAudio"):
+            scorer = Scorer(
+                m.bundle, m.model_format, m.num_threads, silence_floor_dbfs=m.silence_floor_dbfs
+            )
+            stream_source = build_source(settings)
+        manifest = scorer.bundle.manifest
+        bundle_threshold = manifest.threshold.value
+        decision = settings.decision
+        pipeline = StreamPipeline(scorer, decision.with_threshold(bundle_threshold))
+        print(
+            f"listening to {stream_source.name} for up to {args.minutes:g} min; keep the room "
+            "as it usually is (genuine voices and sounds only)",
+            file=sys.stderr,
+            flush=True,
+        )
+        scores = collect_room_scores(stream_source, pipeline, lambda: False)
+        choice = choose_room_threshold(scores, decision, bundle_threshold, args.target_fa_per_hour)
+    except (
+        ConfigError,
+        BundleError,
+        SourceError,
+        InterpreterUnavailableError,
+        ValueError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    values = DeviceCalibrationSettings(
+        threshold=choice.threshold,
+        target_fa_per_hour=float(args.target_fa_per_hour),
+        false_alarms_per_hour=round(choice.fa_per_hour, 4),
+        audio_s=round(scores.audio_s, 3),
+        smoothing_windows=decision.smoothing_windows,
+        margin=decision.margin,
+        silence_windows=decision.silence_windows,
+        model_sha256=model_sha256(manifest, m.model_format),
+        calibrated_at=now_utc(),
+    )
+    try:
+        write_device_calibration(config, values)
+    except (OSError, ConfigError) as error:
+        print(f"error: cannot write {config}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    b_threshold, b_alarms, b_rate = choice.at_bundle
+    q = choice.p_quantiles
+    smoothed = "-" if choice.smoothed_max is None else f"{choice.smoothed_max:.4f}"
+    lines = [
+        f"heard {scores.audio_s / 60:.2f} min: {scores.windows} windows, "
+        f"{scores.loud_windows} non-silent; window P(spoof) median {q['0.5']:.4f}, p90 "
+        f"{q['0.9']:.4f}, p99 {q['0.99']:.4f}; highest smoothed ({decision.smoothing_windows} "
+        f"windows) {smoothed}",
+        f"bundle threshold {b_threshold:.4f}: {b_alarms} false alarm(s), {b_rate:.2f}/h",
+        f"chose threshold {choice.threshold:.4f}: {choice.false_alarms} false alarm(s), "
+        f"{choice.fa_per_hour:.2f}/h (target {args.target_fa_per_hour:g}/h; one alarm on this "
+        f"much audio is {choice.resolution_per_hour:.2f}/h; never below the bundle's threshold)",
+        f"cost: {eval_stream_cost(manifest, decision, choice.threshold)}",
+        f"wrote [device_calibration] threshold = {choice.threshold:.4f} to {config}; "
+        "`clad-agent listen --config` uses it unless --threshold or [model] threshold is given",
+    ]
+    print("\n".join(lines), flush=True)
+    return EXIT_OK
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from device.agent import build_agent
     from device.events import EventFileError
@@ -403,6 +564,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
     try:
         settings = listen_settings(args)
+        threshold_from_file = load_settings(args.config).model.threshold
+        settings = _threshold_in_force(settings, args.threshold, threshold_from_file)
         with c_stderr_to_debug("LiteRT and PortAudio"):
             agent = build_agent(settings)
     except (
@@ -440,7 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"devices": cmd_devices, "score": cmd_score, "listen": cmd_listen}
+    commands = {
+        "devices": cmd_devices,
+        "score": cmd_score,
+        "listen": cmd_listen,
+        "calibrate": cmd_calibrate,
+    }
     try:
         return commands[args.command](args)
     except BrokenPipeError:

@@ -5,6 +5,8 @@
                 queue_chunks, realtime, backoff_initial_s, backoff_max_s, max_seconds
     [decision]  smoothing_windows, margin, silence_windows (DecisionSettings, also used by
                 device.stream: one type, one place for the defaults and their validation)
+    [device_calibration]  written by `clad-agent calibrate` (the room's threshold); used
+                when neither --threshold nor [model] threshold is given
     [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
     [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes, max_audio_s,
                 max_connections, max_concurrent_scores, header_timeout_s, body_timeout_s,
@@ -54,8 +56,24 @@ class ModelSettings:
     bundle: str = ""
     model_format: str = "int8"
     num_threads: int = 1
-    threshold: float | None = None  # None: the manifest's threshold.value
+    threshold: float | None = None  # None: device calibration, operating point, or manifest's
     silence_floor_dbfs: float | None = None  # None: the manifest's audio.silence_floor_dbfs
+    operating_point: str = ""  # a name in the manifest's operating_points (e.g. fa_1_per_hour)
+
+
+@dataclass(frozen=True)
+class DeviceCalibrationSettings:
+    """The per-device threshold `clad-agent calibrate` chose on the room's genuine audio."""
+
+    threshold: float | None = None
+    target_fa_per_hour: float = 0.0
+    false_alarms_per_hour: float = 0.0  # at `threshold`, on the audio it listened to
+    audio_s: float = 0.0
+    smoothing_windows: int = 0  # the decision settings it was measured with
+    margin: float = 0.0
+    silence_windows: int = 0
+    model_sha256: str = ""  # the bundle model it was measured with; another model ignores it
+    calibrated_at: str = ""  # UTC, ISO 8601
 
 
 @dataclass(frozen=True)
@@ -223,6 +241,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    device_calibration: DeviceCalibrationSettings = field(default_factory=DeviceCalibrationSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """All settings, secrets redacted (this goes into the start event)."""
@@ -237,6 +256,7 @@ _SECTION_CLASSES = {
     "api": ApiSettings,
     "mqtt": MqttSettings,
     "webhook": WebhookSettings,
+    "device_calibration": DeviceCalibrationSettings,
 }
 _KINDS = {
     "str": (str,),
@@ -333,6 +353,9 @@ def validate(settings: Settings) -> Settings:
     if m.threshold is not None:
         check_threshold(m.threshold, "model.threshold")
         d.with_threshold(m.threshold)  # with the margin: can an alarm be raised and end?
+    c = settings.device_calibration
+    if c.threshold is not None:
+        check_threshold(c.threshold, "device_calibration.threshold")
     if m.silence_floor_dbfs is not None and not -200.0 < m.silence_floor_dbfs < 0.0:
         raise ConfigError(
             f"model.silence_floor_dbfs: expected -200 < floor < 0 dBFS, got "

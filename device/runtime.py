@@ -18,6 +18,7 @@ Imports only numpy, the standard library and device.*: this module runs on the P
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,10 +37,19 @@ from device.bundle import (
     load_bundle,
 )
 from device.runtimes import INTERPRETERS, RUNTIMES
-from device.scores import FILE_AGGREGATION, LABELS, file_logits, p_spoof, select_windows
+from device.scores import (
+    FILE_AGGREGATION,
+    LABELS,
+    Calibration,
+    file_logits,
+    p_spoof,
+    select_windows,
+)
+
+log = logging.getLogger("device.runtime")
 
 softmax_spoof = p_spoof
-"""Old name of `device.scores.p_spoof`, still imported by device.stream."""
+"""Old name of `device.scores.p_spoof` (uncalibrated unless given the calibration)."""
 
 MODEL_FORMATS = ("int8", "fp32")
 """Formats the device runs. int8 is the default: full-integer, what the Pi is meant to run."""
@@ -105,8 +115,13 @@ def check_manifest_supported(manifest: Manifest, source: str) -> None:
         raise BundleError(f"{source}: labels {list(manifest.labels)}, expected {list(LABELS)}")
 
 
-def aggregate(logits: np.ndarray, silent: np.ndarray, threshold: float) -> tuple[float, str]:
-    """The manifest's file rule (`device.scores`) and the decision: all silent -> silence."""
+def aggregate(
+    logits: np.ndarray,
+    silent: np.ndarray,
+    threshold: float,
+    calibration: Calibration | None = None,
+) -> tuple[float, str]:
+    """The manifest's file rule (`device.scores`, calibrated) and the decision: all silent -> silence."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1, 2)
     silent = np.asarray(silent, dtype=bool).reshape(-1)
     if logits.shape[0] != silent.shape[0] or logits.shape[0] == 0:
@@ -114,7 +129,7 @@ def aggregate(logits: np.ndarray, silent: np.ndarray, threshold: float) -> tuple
             f"expected one silence flag per window and at least one window, got "
             f"{logits.shape[0]} windows and {silent.shape[0]} flags"
         )
-    score = float(p_spoof(file_logits(logits[select_windows(silent)])))
+    score = float(p_spoof(file_logits(logits[select_windows(silent)]), calibration))
     if silent.all():
         return score, "silence"
     return score, "spoof" if score >= threshold else "bonafide"
@@ -146,6 +161,9 @@ class Scorer:
         self.num_threads = int(num_threads)
         self.window_samples = manifest.audio.window_samples
         self.hop_samples = manifest.audio.hop_samples
+        self.calibration = manifest.calibration
+        for missing in manifest.missing:
+            log.warning("%s: no %s", self.bundle.root / "manifest.json", missing)
         self.threshold = manifest.threshold.value if threshold is None else float(threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a P(spoof) in [0, 1], got {self.threshold}")
@@ -232,6 +250,7 @@ class Scorer:
             "runtime_version": self.runtime.version,
             "num_threads": self.num_threads,
             "threshold": self.threshold,
+            "calibration": None if self.calibration is None else self.calibration.method,
             "window_samples": self.window_samples,
             "hop_samples": self.hop_samples,
             "silence_floor_dbfs": self.silence_floor_dbfs,
@@ -263,7 +282,7 @@ class Scorer:
         self, windows: Windows, name: str, window_scores: bool = False
     ) -> dict[str, Any]:
         logits = self.score_windows(windows.normalized)
-        score, decision = aggregate(logits, windows.silent, self.threshold)
+        score, decision = aggregate(logits, windows.silent, self.threshold, self.calibration)
         result: dict[str, Any] = {
             "file": name,
             "score": score,
@@ -273,7 +292,7 @@ class Scorer:
             "duration_s": round(windows.duration_s, 6),
         }
         if window_scores:
-            window_p_spoof = p_spoof(logits)
+            window_p_spoof = p_spoof(logits, self.calibration)
             result["window_scores"] = [
                 {
                     "start_s": round(int(start) / SAMPLE_RATE, 6),

@@ -14,15 +14,20 @@ probability, a margin or a file score.
    bundle's silence floor); when every window is silent it uses all of them and the
    device reports the file as silence.
 5. File aggregation: the mean of the selected windows' logits (float64), then step 3.
-
-Calibration (issue 13) is not part of the contract yet: P(spoof) is the uncalibrated
-softmax. A calibration map belongs here, applied to the file margin before step 3, so that
-every runtime and the manifest's threshold pick it up together.
+6. Calibration (the manifest's optional `calibration`, fitted on the dev split at convert
+   time): a monotone affine map of the margin, ``a * margin + b`` with ``a > 0``, applied
+   after aggregation and before the sigmoid of step 3, the same way to a file's margin and
+   to a stream window's margin. Without one (older bundles) a = 1, b = 0: the softmax.
+   Being monotone, it changes no ranking, EER or decision at a threshold mapped with it
+   (`calibrate_threshold`); parity between formats is untouched.
 
 numpy only: this module runs on the Pi.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,6 +42,45 @@ FILE_AGGREGATION = (
     "silent), then softmax; a file whose every window is silent is reported as silence"
 )
 """The manifest's score.file_aggregation text (what `select_windows` + `file_logits` do)."""
+
+CALIBRATED_SCORE_DEFINITION = (
+    "P(spoof) = sigmoid(a * (logit_spoof - logit_bonafide) + b) with the manifest's "
+    "calibration (a, b); in [0, 1]; higher = more likely spoofed"
+)
+"""The manifest's score.definition text for a bundle that carries a calibration."""
+
+CALIBRATION_METHODS = ("platt", "temperature")
+"""platt: a and b fitted; temperature: a = 1 / T fitted, b = 0."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """P(spoof) = sigmoid(a * margin + b): the monotone map fitted on the dev split."""
+
+    method: str  # one of CALIBRATION_METHODS
+    a: float  # slope on the spoof margin (1 / temperature), > 0
+    b: float  # offset, 0 for temperature scaling
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(
+                f"calibration.method: expected one of {list(CALIBRATION_METHODS)}, got "
+                f"{self.method!r}"
+            )
+        if not (math.isfinite(self.a) and self.a > 0.0):
+            raise ValueError(
+                f"calibration.a: expected a finite slope > 0 (a monotone increasing map), got "
+                f"{self.a}"
+            )
+        if not math.isfinite(self.b) or (self.method == "temperature" and self.b != 0.0):
+            raise ValueError(
+                f"calibration.b: expected a finite offset (0 for temperature), got {self.b} "
+                f"with method {self.method!r}"
+            )
+
+    def margin(self, margin: np.ndarray | float) -> np.ndarray:
+        """The calibrated margin a * margin + b, float64."""
+        return self.a * np.asarray(margin, dtype=np.float64) + self.b
 
 
 def spoof_margin(logits: np.ndarray) -> np.ndarray:
@@ -56,9 +100,37 @@ def p_spoof_from_margin(margin: np.ndarray | float) -> np.ndarray:
     return np.where(m >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def p_spoof(logits: np.ndarray) -> np.ndarray:
-    """P(spoof) of (..., 2) logits, float64, shaped logits.shape[:-1] (a 0-d array for one pair)."""
-    return p_spoof_from_margin(spoof_margin(logits))
+def calibrated_margin(
+    margin: np.ndarray | float, calibration: Calibration | None = None
+) -> np.ndarray:
+    """The margin after the bundle's calibration (unchanged, as float64, without one)."""
+    if calibration is None:
+        return np.asarray(margin, dtype=np.float64)
+    return calibration.margin(margin)
+
+
+def p_spoof(logits: np.ndarray, calibration: Calibration | None = None) -> np.ndarray:
+    """P(spoof) of (..., 2) logits, float64, shaped logits.shape[:-1] (a 0-d array for one pair).
+
+    With `calibration`: sigmoid(a * margin + b); without: the softmax (step 3).
+    """
+    return p_spoof_from_margin(calibrated_margin(spoof_margin(logits), calibration))
+
+
+def margin_from_p_spoof(p: float) -> float:
+    """The margin whose sigmoid is `p` (log(p / (1 - p))); +-inf at 1 and 0."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"expected a P(spoof) in [0, 1], got {p}")
+    if p == 0.0:
+        return -math.inf
+    if p == 1.0:
+        return math.inf
+    return math.log(p) - math.log1p(-p)
+
+
+def calibrate_threshold(raw_margin: float, calibration: Calibration | None) -> float:
+    """The P(spoof) threshold that makes the decisions `margin >= raw_margin` makes."""
+    return float(p_spoof_from_margin(calibrated_margin(raw_margin, calibration)))
 
 
 def select_windows(silent: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +30,10 @@ from device.audio import (
     window_rms_dbfs,
 )
 from device.config import DecisionSettings
-from device.runtime import Scorer, softmax_spoof
+from device.runtime import Scorer
+from device.scores import p_spoof as p_spoof_of
 
-__all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing"]
+__all__ = ["Chunk", "Decider", "DecisionSettings", "StreamPipeline", "WindowRing", "replay"]
 
 # --------------------------------------------------------------------------- ring buffer
 
@@ -194,6 +196,32 @@ class Decider:
         return Decision(self.smoothed, self.decision, self.decision != previous, previous)
 
 
+def replay(
+    p_spoof: Sequence[float], silent: Sequence[bool], settings: DecisionSettings
+) -> list[str]:
+    """A Decider run over window scores already computed: one decision per window.
+
+    What `listen` decides for those windows (the same Decider). A silent window after
+    `silence_windows` silent ones in a row changes nothing (the decision is "silence", the
+    history empty), so such windows are not replayed; their decision is "silence".
+    """
+    decider = Decider(settings)
+    update = decider.update
+    out = ["silence"] * len(silent)
+    run = 0
+    limit = settings.silence_windows
+    for i, (p, s) in enumerate(zip(p_spoof, silent, strict=True)):
+        if s:
+            run += 1
+            if run > limit:
+                continue
+            out[i] = update(0.0, True).decision
+        else:
+            run = 0
+            out[i] = update(float(p), False).decision
+    return out
+
+
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -248,7 +276,7 @@ class StreamPipeline:
             rms = float(window_rms_dbfs(raw)[0])
             silent = rms < self.silence_floor_dbfs
             logits, inference_ms = self.scorer.score_window(normalize_windows(raw)[0])
-            p_spoof = float(softmax_spoof(logits[None, :])[0])
+            p_spoof = float(p_spoof_of(logits[None, :], self.scorer.calibration)[0])
             decision = self.decider.update(p_spoof, silent)
             self.windows_scored += 1
             self.silent_windows += int(silent)

@@ -130,6 +130,47 @@ def test_every_format_agrees_with_torch(converted: tuple[Path, int]) -> None:
     assert latency["fp32"]["median_ms"] > 0 and latency["int8"]["median_ms"] > 0
 
 
+def test_the_bundle_carries_a_dev_calibration_the_device_applies(
+    converted: tuple[Path, int],
+) -> None:
+    """calibration {method, a, b, fitted_on, ece_*}: fitted on dev, applied after aggregation."""
+    from device.runtime import Scorer
+    from device.scores import CALIBRATED_SCORE_DEFINITION, calibrate_threshold, p_spoof_from_margin
+
+    out, _ = converted
+    bundle = load_bundle(out)
+    manifest = bundle.manifest
+    entry = manifest.extra["calibration"]
+    assert manifest.calibration is not None and manifest.calibration.method == entry["method"]
+    assert entry["fitted_on"]["split"] == "dev" and entry["fitted_on"]["files"] == 24
+    assert set(entry["ece_before"]) == set(entry["ece_after"]) == {"dev", "eval"}
+    assert entry["method"] in entry["selection"]["reason"]
+    assert "plots/reliability.png" in manifest.files
+    assert manifest.score_definition == CALIBRATED_SCORE_DEFINITION
+    assert not any(m.startswith("calibration") for m in manifest.missing)
+    # The threshold is the dev EER margin mapped by the calibration: the same decisions.
+    details = manifest.extra["threshold_details"]
+    assert manifest.threshold.value == calibrate_threshold(
+        details["eer_margin"], manifest.calibration
+    )
+    scorer = Scorer(bundle, "int8")
+    assert scorer.calibration == manifest.calibration
+    root = Path(manifest.data["trained_on"]["root"]) / "ASVspoof2019_LA_eval" / "flac"
+    path = sorted(root.glob("*.flac"))[0]
+    result = scorer.score_file(path, window_scores=True)
+    from device.audio import windows_from_file
+    from device.scores import file_logits, select_windows, spoof_margin
+
+    windows = windows_from_file(
+        path, scorer.window_samples, scorer.hop_samples, scorer.silence_floor_dbfs
+    )
+    logits = scorer.score_windows(windows.normalized)
+    raw_margin = spoof_margin(file_logits(logits[select_windows(windows.silent)]))
+    c = manifest.calibration
+    assert result["score"] == float(p_spoof_from_margin(c.a * raw_margin + c.b))
+    assert (result["score"] >= manifest.threshold.value) == (raw_margin >= details["eer_margin"])
+
+
 def test_the_device_scores_a_file_with_the_bundle(converted: tuple[Path, int]) -> None:
     from device.runtime import Scorer
 

@@ -1,0 +1,113 @@
+"""The stream operating curve: replayed window scores equal the real streaming path exactly,
+and `python -m benchmarks.stream` runs end to end on a real bundle and dataset layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.stream import (
+    DEFAULT_SEED,
+    ScoredFile,
+    main,
+    plan_stream,
+    replay_decisions,
+    score_file_windows,
+    stream_windows,
+)
+from device.audio import SAMPLE_RATE, load_audio
+from device.bundle import load_bundle
+from device.config import DecisionSettings
+from device.runtime import Scorer
+from device.stream import Chunk, StreamPipeline
+from tests.device_fixtures import bundle_for, noise, tone, write_wav
+
+
+@pytest.fixture(scope="session")
+def fixture_bundle(request: pytest.FixtureRequest) -> Path:
+    return bundle_for(request)
+
+
+def _files(tmp_path: Path, scorer: Scorer) -> list[ScoredFile]:
+    rate = 16000
+    bona = [
+        write_wav(tmp_path / f"b{i}.wav", tone(200 + 60 * i, 0.6 + 0.55 * i, rate, 0.4), rate)
+        for i in range(4)
+    ]
+    spoof = [
+        write_wav(tmp_path / f"s{i}.wav", noise(0.9 + 0.4 * i, rate, 0.25, seed=i), rate)
+        for i in range(2)
+    ]
+    return [score_file_windows(scorer, p, "bonafide") for p in bona] + [
+        score_file_windows(scorer, p, "spoof") for p in spoof
+    ]
+
+
+def test_replay_equals_the_streaming_path_exactly(fixture_bundle: Path, tmp_path: Path) -> None:
+    scorer = Scorer(fixture_bundle, "int8")
+    files = _files(tmp_path, scorer)
+    plan = plan_stream(files, hours=25 / 3600, spoofs_per_hour=3600 / 6, seed=DEFAULT_SEED)
+    assert plan.spoofs >= 2 and any(s.kind == "pause" for s in plan.segments)
+    windows = stream_windows(plan, files, scorer.window_samples, scorer.hop_samples)
+    settings = DecisionSettings(threshold=0.5, smoothing_windows=2, margin=0.05)
+    replayed = replay_decisions(windows, settings)
+
+    # The real path: every segment's audio, in uneven chunks, a segment break at each edge.
+    pipeline = StreamPipeline(scorer, settings)
+    results = []
+    for k, segment in enumerate(plan.segments):
+        if segment.kind == "file":
+            audio = load_audio(files[segment.file_index].path)
+        else:
+            audio = np.zeros(segment.num_samples, dtype=np.float32)
+        for i, start in enumerate(range(0, audio.size, 1234)):
+            piece = audio[start : start + 1234, None]
+            results += pipeline.feed(Chunk(piece, SAMPLE_RATE, 0.0, k > 0 and i == 0))
+    results += pipeline.finish()
+
+    assert [r.decision for r in results] == replayed
+    assert "spoof" in replayed and "bonafide" in replayed and "silence" in replayed
+    np.testing.assert_array_equal([r.silent for r in results], windows.silent)
+    loud = ~windows.silent
+    np.testing.assert_array_equal(
+        np.array([r.p_spoof for r in results])[loud], windows.p_spoof[loud]
+    )
+    window_s = scorer.window_samples / SAMPLE_RATE
+    np.testing.assert_allclose(
+        [r.start_s + window_s for r in results], windows.end_s, rtol=0, atol=1e-9
+    )
+
+
+def test_stream_benchmark_writes_curves_and_operating_points(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    from tests.convert_fixtures import write_easy_corpus
+
+    corpus = write_easy_corpus(
+        tmp_path / "corpus", sizes={"train": (1, 1), "dev": (1, 1), "eval": (8, 2)}
+    )
+    bundle = shutil.copytree(fixture_bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.setdefault("data", {})["trained_on"] = {"format": "asvspoof2019", "root": "/nowhere"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "results"
+    args = ["--bundle", str(bundle), "--out", str(out), "--hours", "0.05"]
+    assert main([*args, "--data", str(corpus), "--write-manifest"]) == 0
+    report = json.loads((out / "stream-bundle.json").read_text())
+    assert report["stream"]["hours_bonafide"] >= 0.05 and report["stream"]["spoofs"] >= 1
+    assert {r["smoothing_windows"] for r in report["rows"]} == {1, 3, 5, 9}
+    for row in report["rows"]:
+        assert row["false_alarms"] >= 0 and 0.0 <= row["miss_rate"] <= 1.0
+    points = report["operating_points"]
+    assert "eer_dev" in points
+    loaded = load_bundle(bundle)  # the new files are listed with their sha256
+    assert loaded.manifest.operating_points["points"].keys() == points.keys()
+    for name in ("stream.json", "plots/stream_miss.png", "plots/stream_ttd.png"):
+        assert name in loaded.manifest.files
+    assert not any(m.startswith("operating_points") for m in loaded.manifest.missing)
+    # Without --data, the manifest's root is used (and here it does not exist).
+    assert main([*args, "--out", str(tmp_path / "r2")]) == 2
