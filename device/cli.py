@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    sub.add_parser(
+        "bench",
+        help="latency at 1..N threads, RTF, cold start, peak RSS and SoC temperature of a bundle "
+        "on this machine (options: clad-agent bench --help; same as python -m device.bench)",
+        add_help=False,
+    )
     devices = sub.add_parser("devices", help="list capture devices (PyAudio)")
     devices.add_argument(
         "--json", action="store_true", help="one JSON line per device (default: a table)"
@@ -596,7 +602,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:  # device/bench.py parses its own options
+        from device.bench import main as bench_main
+
+        return bench_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     level = args.log_level or ("info" if args.command == "listen" else "warning")
     logging.basicConfig(
         level=level.upper(),
