@@ -17,7 +17,7 @@ PI ?=
 # Measured on the real demo corpus against 5 epochs without: see docs/training.md.
 TRAIN_ARGS ?= --epochs 10 --augment all
 
-.PHONY: help install data train convert outside bench demo test test-fast lint deploy test-arm test-deploy device-venv tflite-venv clean
+.PHONY: help install data train convert robustness outside bench demo test test-fast lint deploy test-arm test-deploy device-venv tflite-venv clean
 
 help:
 	@echo "make demo      install, build the demo corpus, train, convert, score files on the agent, benchmark"
@@ -26,6 +26,7 @@ help:
 	@echo "make data      build the demo corpus in $(DATA): real voices vs neural and classic fakes"
 	@echo "make train     train CLAD on the demo corpus into $(RUN)"
 	@echo "make convert   $(RUN) -> ONNX, fp32 + int8 TFLite, parity gate, bundle in $(OUT)"
+	@echo "make robustness  EER of $(RUN) and $(BUNDLE) under noise, codecs, rooms, levels (stress grid)"
 	@echo "make outside   score real voices and Flite fakes the demo corpus never saw with $(BUNDLE)"
 	@echo "make bench     latency / size / memory / accuracy of every format in $(BUNDLE), stream operating table"
 	@echo "make deploy PI=user@host   copy device/ and $(BUNDLE) to a Raspberry Pi and install it"
@@ -53,6 +54,10 @@ convert: $(STAMP)
 	$(if $(filter device .venv-device,$(SKIP_RUNTIMES)),@echo "convert: .venv-device skipped by name (SKIP_RUNTIMES)",-./scripts/device-venv.sh device)
 	-@./scripts/device-venv.sh tflite
 	$(PY) -m convert --run $(RUN) --out $(OUT) $(addprefix --skip-runtime=,$(SKIP_RUNTIMES))
+
+robustness: $(STAMP)
+	$(PY) -m train.robustness --run $(RUN) --data $(DATA)/LA
+	$(PY) -m train.robustness --bundle $(BUNDLE) --data $(DATA)/LA
 
 outside: $(STAMP)
 	$(PY) -m train.outside --bundle $(BUNDLE)
