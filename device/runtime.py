@@ -163,7 +163,7 @@ class Scorer:
         self.hop_samples = manifest.audio.hop_samples
         self.calibration = manifest.calibration
         for missing in manifest.missing:
-            log.warning("%s: no %s", self.bundle.root / "manifest.json", missing)
+            log.info("%s: no %s", self.bundle.root / "manifest.json", missing)
         self.threshold = manifest.threshold.value if threshold is None else float(threshold)
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be a P(spoof) in [0, 1], got {self.threshold}")

@@ -120,7 +120,7 @@ def _in_forked_child(function: Any, *args: Any) -> np.ndarray:
         payload = pipe.read()
     _pid, status = os.waitpid(pid, 0)
     if status != 0:
-        raise GeneratorError(f"LPCNet child process failed (wait status {status})")
+        raise GeneratorError(f"generator child process failed (wait status {status})")
     return np.frombuffer(payload, dtype="<f8").copy()
 
 
@@ -235,6 +235,7 @@ class Kokoro:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        onnxruntime.set_seed(0)  # the graph's random ops draw from a generator seeded here
         self._session = onnxruntime.InferenceSession(
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -245,7 +246,17 @@ class Kokoro:
         return sum(self._voices[name] * (w / total) for name, w in weights.items())
 
     def synthesize(self, ipa: str, style: np.ndarray, speed: float) -> np.ndarray:
-        """Speech for an IPA string; float64 at 24 kHz."""
+        """Speech for an IPA string; float64 at 24 kHz.
+
+        The model draws noise inside the graph from the session's generator, which moves on
+        with every call; each utterance runs in a forked child of the process that made the
+        session, so it starts from the same generator state whatever ran before. (Inside a
+        pytest process, repeated calls still differed by about 1e-5 relative for reasons not
+        found; fresh interpreters, as the corpus builder's workers are, give identical
+        bytes: tests/test_real_corpus.py checks both.)"""
+        return _in_forked_child(self._synthesize, ipa, style, speed)
+
+    def _synthesize(self, ipa: str, style: np.ndarray, speed: float) -> np.ndarray:
         for old, new in _KOKORO_IPA.items():
             ipa = ipa.replace(old, new)
         tokens = [self._vocab[c] for c in ipa if c in self._vocab][:500]

@@ -66,7 +66,7 @@ from train.synth.real import (
 )
 from train.synth.text import sentence
 
-GENERATOR_VERSION = 2  # 2: LPCNet made in a fresh child per utterance (deterministic)
+GENERATOR_VERSION = 3  # 3: Kokoro and LPCNet made in a fresh child per utterance (deterministic)
 BONAFIDE_SYSTEM = "-"
 TOOL_PACKAGES = ("libcodec2-1.0",)
 FINAL_CODECS = (
@@ -347,6 +347,26 @@ def _allocate(total: int, weights: dict[str, float]) -> dict[str, int]:
     return {k: int(c) for k, c in zip(keys, counts, strict=True)}
 
 
+def _every_attack_once(allocation: dict[str, Counter[str]]) -> None:
+    """Give an attack that a small split left without a file one file, taken from the attack
+    with the most files in a language it speaks (so every attack of a split is there)."""
+    for system in sorted({s for counts in allocation.values() for s in counts}):
+        if sum(counts.get(system, 0) for counts in allocation.values()) > 0:
+            continue
+        totals = Counter(s for counts in allocation.values() for s in counts.elements())
+        candidates = [
+            (totals[donor], counts[donor], language, donor)
+            for language, counts in allocation.items()
+            if system in counts
+            for donor in counts
+            if donor != system and counts[donor] > 0 and totals[donor] > 1
+        ]
+        if candidates:
+            *_counts, language, donor = max(candidates)
+            allocation[language][donor] -= 1
+            allocation[language][system] += 1
+
+
 def attacks_for(split: str, language: str) -> list[Attack]:
     return [
         attack
@@ -391,11 +411,19 @@ def plan(
         for utterance in bonafide:
             by_language[SPEAKERS_BY_ID[utterance.speaker_id].language].append(utterance)
         entries: list[tuple[str, Utterance]] = [(BONAFIDE_SYSTEM, u) for u in bonafide]
+        allocation = {
+            language: Counter(
+                _allocate(
+                    len(by_language[language]),
+                    {a.system_id: a.weight for a in attacks_for(split, language)},
+                )
+            )
+            for language in sorted(by_language)
+        }
+        _every_attack_once(allocation)
         for language in sorted(by_language):
             pool = by_language[language]
-            counts = _allocate(
-                len(pool), {a.system_id: a.weight for a in attacks_for(split, language)}
-            )
+            counts = allocation[language]
             systems = [system for system in sorted(counts) for _ in range(counts[system])]
             rng.shuffle(systems)
             sources = rng.permutation(len(pool))
