@@ -105,7 +105,12 @@ interpreter.invoke()
 PROBE_TIMEOUT_S = 120.0
 
 
-def probe_model(bundle: str | Path, model_format: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def probe_model(
+    bundle: str | Path,
+    model_format: str,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    public_key: str | Path | None = None,
+) -> None:
     """Load the bundle's model and run it once in a child process first.
 
     A damaged or tampered model (its manifest hash recomputed) can crash the interpreter
@@ -118,6 +123,10 @@ def probe_model(bundle: str | Path, model_format: str, timeout_s: float = PROBE_
     from device.bundle import load_bundle
     from device.runtime import find_interpreter
 
+    if public_key:  # a signed bundle is required: check before anything is loaded
+        from device.signing import verify_bundle
+
+        verify_bundle(Path(bundle), Path(public_key))
     model_path = load_bundle(bundle).model_path(model_format)
     runtime = find_interpreter()
     try:
@@ -388,7 +397,7 @@ class Agent:
 def build_agent(settings: Settings, stdout: Any = None) -> Agent:
     """Everything `listen` needs, from settings; raises BundleError/SourceError/ConfigError/..."""
     m = settings.model
-    probe_model(m.bundle, m.model_format)
+    probe_model(m.bundle, m.model_format, public_key=m.public_key or None)
     scorer = Scorer(
         m.bundle,
         model_format=m.model_format,

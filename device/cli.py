@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, metavar="N", help="interpreter threads (default 1)"
     )
     score.add_argument(
+        "--public-key",
+        metavar="FILE",
+        default=None,
+        help="Ed25519 public key: refuse a bundle without a valid manifest.sig (default: "
+        "signatures not checked)",
+    )
+    score.add_argument(
         "--threshold",
         type=float,
         default=None,
@@ -123,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add("--bundle", metavar="DIR", help="model bundle (default: [model] bundle of --config)")
     add("--model", choices=MODEL_FORMATS, default=None, help="model format (default int8)")
+    add(
+        "--public-key",
+        metavar="FILE",
+        default=None,
+        help="Ed25519 public key: refuse a bundle without a valid signature (default: "
+        "[model] public_key, else not checked)",
+    )
     add("--source", metavar="mic|stdin|FILE", help="what to listen to (default: [source] kind)")
     add(
         "--device",
@@ -351,7 +365,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from device.sources import c_stderr_to_debug
 
     try:
-        probe_model(args.bundle, args.model)  # a crashing model: an error, not a dead batch
+        # a crashing model: an error, not a dead batch; an unsigned one refused when required
+        probe_model(args.bundle, args.model, public_key=args.public_key)
         with c_stderr_to_debug("LiteRT"):  # its "Created ... XNNPACK delegate" INFO line
             scorer = Scorer(
                 args.bundle,
@@ -421,6 +436,7 @@ def listen_settings(args: argparse.Namespace) -> Settings:
                 "model_format": args.model,
                 "num_threads": args.threads,
                 "threshold": args.threshold,
+                "public_key": args.public_key,
             },
             "source": source,
             "decision": {

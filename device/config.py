@@ -59,6 +59,7 @@ class ModelSettings:
     threshold: float | None = None  # None: device calibration, operating point, or manifest's
     silence_floor_dbfs: float | None = None  # None: the manifest's audio.silence_floor_dbfs
     operating_point: str = ""  # a name in the manifest's operating_points (e.g. fa_1_per_hour)
+    public_key: str = ""  # Ed25519 public key file: refuse bundles not signed by its owner
 
 
 @dataclass(frozen=True)
