@@ -142,37 +142,21 @@ def test_piper_speaks_each_line_in_its_own_process_and_is_seeded() -> None:
         piper(["one\ntwo"], settings)
 
 
-_KOKORO_CHECK = """
-import sys, numpy as np
-from train.synth.espeak import Espeak
-from train.synth.neural import KOKORO_SAMPLE_RATE, kokoro
-ipa = Espeak().phonemes("Il treno parte alle nove.", "it")
-model = kokoro(sys.argv[1])
-style = model.style({"jf_alpha": 0.5, "jm_kumo": 0.5})
-first, again = model.synthesize(ipa, style, 1.0), model.synthesize(ipa, style, 1.0)
-other = model.synthesize(ipa, model.style({"jm_kumo": 1.0}), 1.0)
-print(ipa)
-print(first.size / KOKORO_SAMPLE_RATE, np.array_equal(first, again), np.array_equal(first, other))
-"""
-
-
 def test_kokoro_speaks_espeak_phonemes_with_a_mixed_voice() -> None:
-    # In a fresh interpreter, as the corpus builder's workers run it: inside this pytest
-    # process repeated calls were seen to differ (cause not found), fresh processes never.
-    cache = str(real_corpus.default_cache().parent / "models")
-    done = subprocess.run(
-        [sys.executable, "-c", _KOKORO_CHECK, cache],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    ipa, figures = done.stdout.strip().splitlines()[-2:]
+    from train.synth.espeak import Espeak
+    from train.synth.neural import KOKORO_SAMPLE_RATE, kokoro
+
+    ipa = Espeak().phonemes("Il treno parte alle nove.", "it")
     assert "tɾ" in ipa or "tr" in ipa
-    seconds, same, same_as_other_voice = figures.split()
-    assert 0.5 < float(seconds) < 6.0
-    assert same == "True" and same_as_other_voice == "False"
+    model = kokoro(str(real_corpus.default_cache().parent / "models"))
+    style = model.style({"jf_alpha": 0.5, "jm_kumo": 0.5})
+    audio = model.synthesize(ipa, style, 1.0)
+    assert 0.5 * KOKORO_SAMPLE_RATE < audio.size < 6 * KOKORO_SAMPLE_RATE
+    # the same bytes on every call (with onnxruntime's arena on, the 2nd call differed)
+    for _ in range(2):
+        np.random.default_rng(0).random(100_000)  # move the heap about between calls
+        assert np.array_equal(audio, model.synthesize(ipa, style, 1.0))
+    assert not np.array_equal(audio, model.synthesize(ipa, model.style({"jm_kumo": 1.0}), 1.0))
 
 
 def test_utterances_split_at_pauses_and_respect_the_length_bounds() -> None:

@@ -124,7 +124,7 @@ def test_older_bundle_loads_and_says_what_is_missing(fixture_bundle, caplog) -> 
     manifest = load_bundle(fixture_bundle).manifest
     assert manifest.calibration is None
     assert [m.split(" ")[0] for m in manifest.missing] == ["calibration", "operating_points"]
-    with caplog.at_level("WARNING", logger="device.runtime"):
+    with caplog.at_level("INFO", logger="device.runtime"):
         scorer = Scorer(fixture_bundle, "int8")
     assert scorer.calibration is None
     assert "no calibration (P(spoof) is the uncalibrated softmax" in caplog.text

@@ -235,7 +235,12 @@ class Kokoro:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        onnxruntime.set_seed(0)  # the graph's random ops draw from a generator seeded here
+        # With onnxruntime's memory arena and memory-pattern planner on, the second and later
+        # runs of this int8 graph gave different audio from the first (up to 0.6 of full
+        # scale): a kernel's result depends on what the reused buffers held. Off, every run of
+        # the same input gives the same bytes, in one process and across processes.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         self._session = onnxruntime.InferenceSession(
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -246,17 +251,7 @@ class Kokoro:
         return sum(self._voices[name] * (w / total) for name, w in weights.items())
 
     def synthesize(self, ipa: str, style: np.ndarray, speed: float) -> np.ndarray:
-        """Speech for an IPA string; float64 at 24 kHz.
-
-        The model draws noise inside the graph from the session's generator, which moves on
-        with every call; each utterance runs in a forked child of the process that made the
-        session, so it starts from the same generator state whatever ran before. (Inside a
-        pytest process, repeated calls still differed by about 1e-5 relative for reasons not
-        found; fresh interpreters, as the corpus builder's workers are, give identical
-        bytes: tests/test_real_corpus.py checks both.)"""
-        return _in_forked_child(self._synthesize, ipa, style, speed)
-
-    def _synthesize(self, ipa: str, style: np.ndarray, speed: float) -> np.ndarray:
+        """Speech for an IPA string; float64 at 24 kHz. The same input gives the same bytes."""
         for old, new in _KOKORO_IPA.items():
             ipa = ipa.replace(old, new)
         tokens = [self._vocab[c] for c in ipa if c in self._vocab][:500]
