@@ -66,7 +66,7 @@ from train.synth.real import (
 )
 from train.synth.text import sentence
 
-GENERATOR_VERSION = 3  # 3: Kokoro and LPCNet made in a fresh child per utterance (deterministic)
+GENERATOR_VERSION = 4  # 4: Kokoro without the onnxruntime arena (deterministic)
 BONAFIDE_SYSTEM = "-"
 TOOL_PACKAGES = ("libcodec2-1.0",)
 FINAL_CODECS = (
