@@ -436,7 +436,7 @@ def listen_settings(args: argparse.Namespace) -> Settings:
                 "model_format": args.model,
                 "num_threads": args.threads,
                 "threshold": args.threshold,
-                "public_key": args.public_key,
+                "public_key": getattr(args, "public_key", None),
             },
             "source": source,
             "decision": {
