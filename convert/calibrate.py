@@ -26,7 +26,12 @@ from convert.errors import CalibrationError
 from device.audio import windows_from_file
 from train.data.records import Record
 
-DEFAULT_CALIBRATION_WINDOWS = 320
+DEFAULT_CALIBRATION_WINDOWS = 1000
+"""Measured on the real-speech demo run (10 epochs, augmentation): with 320 windows the int8
+file agreed with PyTorch on 99.3% of eval decisions under LiteRT and 98.7% under
+tflite-runtime (the gate asks 99%); with 1000 windows, 99.6% and 99.4%, for 25 s more of
+quantization. A 320-window draw with another seed gave 99.8%: the ranges depend on which
+windows are drawn, and more of them vary less."""
 MIN_CALIBRATION_WINDOWS = 300
 DEFAULT_CALIBRATION_SEED = 1234
 
