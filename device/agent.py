@@ -19,6 +19,7 @@ that loop runs and windows keep coming, so a hung or stalled agent is restarted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -142,6 +143,8 @@ def probe_model(
             "process"
         ) from error
     except OSError as error:
+        if error.errno not in (errno.ENOEXEC, errno.EACCES):
+            raise
         # This interpreter cannot start a copy of itself: seen under qemu user-mode
         # emulation without binfmt_misc (`make test-arm`: "Exec format error"). A Pi runs
         # natively; here the model is loaded in process as before the probe existed.
