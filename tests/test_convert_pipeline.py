@@ -7,7 +7,7 @@ the device venvs when they are built). Then:
 - the bundle loads on the device path and lists every file it holds, with its sha256;
 - every format agrees with PyTorch within the gate's limits, and the gate passes;
 - an int8 model calibrated on near-silent windows (un-normalized quiet audio, the failure
-  DESIGN.md warns about) is built for real and the gate trips on it;
+  that per-window normalization in device/audio.py prevents: int8 input steps of about 1/128) is built for real and the gate trips on it;
 - onnx2tf exiting 0 without the int8 files is caught and named.
 """
 

@@ -1,7 +1,7 @@
 """Sources with real parts: PyAudio capture from an ALSA file-backed microphone, stdin, files.
 
-The microphone is ALSA's `file` PCM reading a raw file (TOOLCHAIN.md, "Audio I/O without
-hardware"), selected per test with ALSA_CONFIG_PATH. It has no real-time clock (reads
+The microphone is ALSA's `file` PCM reading a raw file (docs/toolchain.md, "Audio I/O without
+a sound card"), selected per test with ALSA_CONFIG_PATH. It has no real-time clock (reads
 return at once) and returns stale data past the end, so every capture here stops at the
 file's length (--max-seconds).
 """
