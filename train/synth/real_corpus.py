@@ -41,7 +41,6 @@ from train.synth import corpus as espeak_corpus
 from train.synth.channel import apply_channel
 from train.synth.codecs import CODECS, roundtrip
 from train.synth.corpus import (
-    PROTOCOL_DIR,
     SPLIT_LETTER,
     SPLITS,
     CorpusError,
@@ -566,15 +565,6 @@ def _trim(signal: np.ndarray) -> np.ndarray:
     return signal[max(0, loud[0] - margin) : loud[-1] + margin]
 
 
-def _fade(signal: np.ndarray, fade_samples: int) -> np.ndarray:
-    fade_samples = min(fade_samples, signal.size // 2)
-    ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade_samples))
-    signal = signal.copy()
-    signal[:fade_samples] *= ramp
-    signal[signal.size - fade_samples :] *= ramp[::-1]
-    return signal
-
-
 def render(
     planned: PlannedFile, roots: dict[str, str], seed: int, staging: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -604,7 +594,7 @@ def render(
             raise CorpusError(f"{planned.system_id} produced no usable audio for {planned}")
         # the package coded its recordings; the fake goes through the same coding
         speech = roundtrip(speech, SAMPLE_RATE, CODECS[speaker.source_codec])
-    speech = _fade(speech * (0.5 / max(float(np.max(np.abs(speech))), 1e-9)), 160)
+    speech = espeak_corpus._fade(speech * (0.5 / max(float(np.max(np.abs(speech))), 1e-9)), 160)
     lead = np.zeros(int(rng.uniform(0.02, 0.4) * SAMPLE_RATE))
     trail = np.zeros(int(rng.uniform(0.02, 0.4) * SAMPLE_RATE))
     audio, info["channel"] = apply_channel(np.concatenate([lead, speech, trail]), SAMPLE_RATE, rng)
@@ -760,15 +750,10 @@ def is_up_to_date(settings_json: dict[str, Any], root: Path) -> bool:
 
 
 def _remove_previous(root: Path) -> None:
-    la = root / "LA"
-    for path in [la / PROTOCOL_DIR, *(la / f"ASVspoof2019_LA_{split}" for split in SPLITS)]:
-        if path.exists():
-            shutil.rmtree(path)
-    for path in (stats_path(root), root / ".staging"):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    """The espeak builder's clean-up (protocols, audio, stats.json) and the TTS staging folder."""
+    espeak_corpus._remove_previous(root)
+    if (root / ".staging").exists():
+        shutil.rmtree(root / ".staging")
 
 
 def _run_tts(jobs_list: list[TtsJob], jobs: int, cache: Path) -> None:
