@@ -475,9 +475,12 @@ def test_concurrent_scoring_is_capped_with_503(scorer: Scorer, state: AgentState
     slow = socket.create_connection(server.address, timeout=10)
     try:
         slow.sendall(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nRIFF")
-        for _ in range(100):  # until the slow upload holds the only scoring slot
+        # until the slow upload holds the only scoring slot; a deadline, not a count of tries,
+        # because a loaded 2-core machine can take seconds to schedule the server's thread
+        deadline_s = time.monotonic() + 30.0
+        while True:
             status, headers, body = request(server, "POST", "/score", b"x" * 10)
-            if status == 503:
+            if status == 503 or time.monotonic() > deadline_s:
                 break
             time.sleep(0.02)
         assert status == 503 and headers["Retry-After"] == "1"
