@@ -95,6 +95,7 @@ test-arm: $(STAMP)
 test-deploy: $(STAMP)
 	@# root only: debootstrap a bookworm root (cached in .cache/deploy), sshd on 127.0.0.1,
 	@# make deploy into it, clad-agent score there; not part of `make test` (minutes, network)
+	./scripts/install-system-deps.sh debootstrap
 	./scripts/device-venv.sh device
 	./scripts/test-deploy.sh
 
