@@ -27,6 +27,15 @@ from typing import Any
 
 import pytest
 
+# The Navigation Timing API's figures for the page in a tab (ms from navigation start), and
+# the status page's own mark of its first data drawn (data-loaded-ms on its <body>).
+NAVIGATION_TIMING_JS = """(() => {
+  const n = performance.getEntriesByType("navigation")[0];
+  return {response_end_ms: n.responseEnd, dom_content_loaded_ms: n.domContentLoadedEventEnd,
+    load_event_end_ms: n.loadEventEnd, transfer_bytes: n.transferSize,
+    first_data_drawn_ms: Number(document.body.dataset.loadedMs)};
+})()"""
+
 
 class BrowserError(RuntimeError):
     """Chromium answered a command with an error, died, or did not answer in time."""
@@ -233,6 +242,10 @@ class Tab:
             if time.monotonic() >= deadline:
                 raise BrowserError(f"expected {expression!r} within {timeout_s} s; got {value!r}")
             time.sleep(poll_s)
+
+    def close(self) -> None:
+        target = self.send("Target.getTargetInfo")["targetInfo"]["targetId"]
+        self.browser.send("Target.closeTarget", {"targetId": target})
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", {"format": "png"})["data"]

@@ -20,7 +20,7 @@ from device.api import AgentState, ApiServer
 from device.page import PAGE_HTML
 from device.runtime import Scorer
 from device.stream import Chunk, DecisionSettings, StreamPipeline
-from tests.browser import Chromium, Tab, chromium_or_skip
+from tests.browser import NAVIGATION_TIMING_JS, Chromium, Tab, chromium_or_skip
 from tests.device_fixtures import REPO, bundle_for, device_env, noise, scenario, tone, write_wav
 
 TOKEN = "t0ken-for-page-tests"
@@ -201,13 +201,6 @@ PAGE_VIEW = """(() => {
     marker: window.restartTestMarker || null};
 })()"""
 
-NAVIGATION_TIMING = """(() => {
-  const n = performance.getEntriesByType("navigation")[0];
-  return {response_end_ms: n.responseEnd, dom_content_loaded_ms: n.domContentLoadedEventEnd,
-    load_event_end_ms: n.loadEventEnd, transfer_bytes: n.transferSize,
-    first_data_drawn_ms: Number(document.body.dataset.loadedMs)};
-})()"""
-
 
 def status_of(port: int) -> dict:
     status, _, body = get(("127.0.0.1", port), "/status")
@@ -243,7 +236,7 @@ def test_the_page_stays_correct_across_an_agent_restart(
         with Chromium(tmp_path / "chromium") as browser:
             tab = browser.open(f"http://127.0.0.1:{port}/")
             timing = tab.wait_for(
-                f"document.body.dataset.loadedMs && {NAVIGATION_TIMING}", timeout_s=20
+                f"document.body.dataset.loadedMs && {NAVIGATION_TIMING_JS}", timeout_s=20
             )
             tab.evaluate("window.restartTestMarker = 'same document'")
 
