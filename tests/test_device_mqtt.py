@@ -1,12 +1,15 @@
 """MQTT against a real mosquitto on loopback: discovery, availability, a broker restart
-mid-stream with nothing lost or reordered, the bounded spool, and the agent end to end."""
+mid-stream with nothing lost or reordered, the bounded spool, TLS with a password from the
+settings file (and the errors when either is wrong), and the agent end to end."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from device.api import AgentState
 from device.config import ConfigError, MqttSettings, Settings, load_settings
 from device.mqtt import MqttPublisher, parse_mqtt_url
 from device.outbox import Spool
-from tests.brokers import Message, Mosquitto, Subscriber
+from tests.brokers import Message, Mosquitto, Subscriber, make_ca
 from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
 
 NODE = "testpi"
@@ -245,6 +248,110 @@ def test_mqtt_settings_are_checked_and_the_password_never_echoed(tmp_path: Path)
         with pytest.raises(ConfigError, match=problem):
             load_settings(config)
     assert Settings().to_dict()["mqtt"]["password"] == ""
+
+
+def wait_for_error(publisher: MqttPublisher, timeout_s: float = 30.0) -> str:
+    """The publisher's connect error, once the outbox counted a failed delivery with it."""
+    deadline = time.monotonic() + timeout_s
+    while not publisher.outbox.last_error and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert publisher.outbox.last_error == f"ConnectionError: {publisher.connect_error}"
+    return publisher.connect_error
+
+
+def test_tls_and_a_password_from_the_settings_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mqtts:// with a CA and credentials from the settings file against a TLS-only broker
+    that refuses anonymous clients; a wrong password and an untrusted CA each fail with an
+    error naming what was expected and what arrived, and nothing queued meanwhile is lost."""
+    ca = make_ca(tmp_path / "pki", "clad test CA")
+    stranger = make_ca(tmp_path / "pki", "some other CA")  # signed nothing the broker holds
+    server = ca.issue_server(tmp_path / "pki", "127.0.0.1")
+    user, secret = "pi", "correct horse battery"
+    config = tmp_path / "clad-agent.toml"
+
+    def publisher(broker: Mosquitto, ca_file: Path, password: str) -> MqttPublisher:
+        config.write_text(
+            "[mqtt]\n"
+            f'url = "mqtts://127.0.0.1:{broker.port}"\n'
+            f'node_id = "{NODE}"\n'
+            f'username = "{user}"\n'
+            f'password = "{password}"\n'
+            f'tls_ca_file = "{ca_file}"\n'
+            f'spool = "{tmp_path / "spool.sqlite3"}"\n'
+            "backoff_initial_s = 1.0\nbackoff_max_s = 1.0\n"
+        )
+        return MqttPublisher(load_settings(config).mqtt)
+
+    with Mosquitto(tmp_path / "broker", tls=server, passwords={user: secret}) as broker:
+        sub = Subscriber(
+            broker.port,
+            [f"{BASE}/state"],
+            tls_ca_file=ca.cert,
+            username=user,
+            password=secret,
+        )
+        where = f"127.0.0.1:{broker.port}"
+        state = AgentState({})
+        try:
+            with caplog.at_level(logging.WARNING, logger="device.mqtt"):
+                wrong_password = publisher(broker, ca.cert, "Tr0ub4dor&3")
+                state.outboxes.append(wrong_password.outbox)
+                for n in range(5):
+                    wrong_password.write(decision_event(n))
+                refused = wait_for_error(wrong_password)
+                health, payload = state.health()
+                status = state.status()
+                depth_refused = wrong_password.outbox.spool.depth
+                wrong_password.close()  # the agent stops: the events stay in the spool file
+                state.outboxes.clear()
+
+                untrusted_ca = publisher(broker, stranger.cert, secret)
+                for n in range(5, 10):
+                    untrusted_ca.write(decision_event(n))
+                untrusted = wait_for_error(untrusted_ca)
+                depth_untrusted = untrusted_ca.outbox.spool.depth
+                untrusted_ca.close()
+            logged = caplog.text
+
+            right = publisher(broker, ca.cert, secret)  # the settings file fixed
+            try:
+                for n in range(10, 15):
+                    right.write(decision_event(n))
+                assert sub.wait_for(lambda _: len(state_events(sub)) >= 15, timeout_s=30)
+                assert right.outbox.drain(10) and right.outbox.last_error == ""
+            finally:
+                right.close()
+        finally:
+            sub.close()
+
+    assert refused == (
+        f"mqtts://{where} refused the login: expected it to accept user 'pi' with the "
+        "password in the settings file ([mqtt] username, password), got CONNACK 'Not authorized'"
+    )
+    assert "Tr0ub4dor" not in refused and "Tr0ub4dor" not in logged  # never echoed
+    assert refused in logged
+    problem = f"mqtt: ConnectionError: {refused}; 5 event(s) queued"
+    assert health == "degraded" and problem in payload["problems"]
+    assert status["alerts"]["mqtt"]["last_error"] == f"ConnectionError: {refused}"
+    assert status["alerts"]["mqtt"]["queue_depth"] == 5 and status["alerts"]["mqtt"]["failures"]
+    assert untrusted == (
+        f"TLS to {where}: expected a broker certificate for 127.0.0.1 signed by a CA in "
+        f"{stranger.cert}, got one that fails verification "
+        "(unable to get local issuer certificate)"
+    )
+    assert untrusted in logged
+    assert (depth_refused, depth_untrusted) == (5, 10)  # all kept while the settings were wrong
+    assert [e["n"] for e in state_events(sub)] == list(range(15))  # none lost, in order
+
+
+def test_unreadable_tls_files_are_a_settings_error(tmp_path: Path) -> None:
+    settings = MqttSettings(
+        url="mqtts://127.0.0.1:8883", tls_ca_file=str(tmp_path / "missing-ca.pem")
+    )
+    with pytest.raises(ConfigError, match=r"mqtt\.tls_ca_file .*expected readable PEM files"):
+        MqttPublisher(settings)
 
 
 @pytest.fixture(scope="session")
