@@ -131,6 +131,24 @@ def discovery_messages(
     return [(topic, json.dumps(payload)) for topic, payload in configs]
 
 
+def ha_slug(text: str) -> str:
+    """Home Assistant's slugify for ASCII names: lower case, each run of other characters
+    one "_", none at either end ("clad-agent pi Smoothed P(spoof)" -> "clad_agent_pi_smoothed_p_spoof")."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def home_assistant_entity_ids(discovery: list[tuple[str, str]]) -> list[str]:
+    """The entity ids Home Assistant gives the discovered entities when it first sees them:
+    DOMAIN.slug("DEVICE NAME ENTITY NAME") (MQTT entities have has_entity_name since HA
+    2023.8). HA adds "_2" on a clash with an existing id, and a user may rename them."""
+    ids = []
+    for topic, payload in discovery:
+        config = json.loads(payload)
+        domain = topic.split("/")[-4]
+        ids.append(f"{domain}.{ha_slug(config['device']['name'] + ' ' + config['name'])}")
+    return ids
+
+
 class MqttPublisher:
     """An event sink publishing to MQTT through a spool; thread-safe."""
 
@@ -206,6 +224,12 @@ class MqttPublisher:
         client.connect_async(host, port, keepalive=settings.keepalive_s)
         client.loop_start()
         log.info("MQTT: publishing to %s as %s (topic %s)", settings.url, self.node, self.base)
+        if self._discovery:
+            log.info(
+                "MQTT: Home Assistant discovery under %s/; entities: %s",
+                settings.discovery_prefix,
+                ", ".join(home_assistant_entity_ids(self._discovery)),
+            )
 
     @property
     def connected(self) -> bool:

@@ -4,12 +4,15 @@ settings file (and the errors when either is wrong), and the agent end to end.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,20 @@ import pytest
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt (the alerts extra) is not installed")
 
 from device.api import AgentState
-from device.config import ConfigError, MqttSettings, Settings, load_settings
-from device.mqtt import MqttPublisher, parse_mqtt_url
+from device.config import (
+    ApiSettings,
+    ConfigError,
+    MqttSettings,
+    Settings,
+    WebhookSettings,
+    load_settings,
+)
+from device.mqtt import (
+    MqttPublisher,
+    discovery_messages,
+    home_assistant_entity_ids,
+    parse_mqtt_url,
+)
 from device.outbox import Spool
 from tests.brokers import Message, Mosquitto, Subscriber, make_ca
 from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
@@ -352,6 +367,53 @@ def test_unreadable_tls_files_are_a_settings_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"mqtt\.tls_ca_file .*expected readable PEM files"):
         MqttPublisher(settings)
+
+
+def test_example_settings_and_docs_match_what_the_code_publishes() -> None:
+    """deploy/clad-agent.toml shows every [api] (the page), [mqtt] and [webhook] setting with
+    its default (but the spool paths it sets for the Pi); docs/device.md names every setting,
+    the discovery topics, and the Home Assistant entity ids derived from the discovery
+    configs, in its tables, dashboard card and automation."""
+    example = tomllib.loads((REPO / "deploy" / "clad-agent.toml").read_text())
+    docs = (REPO / "docs" / "device.md").read_text()
+    for section, kind in (
+        ("api", ApiSettings),
+        ("mqtt", MqttSettings),
+        ("webhook", WebhookSettings),
+    ):
+        names = {f.name for f in dataclasses.fields(kind)}
+        assert set(example[section]) == names, section
+        for name in names:
+            assert re.search(rf"`{section}\.{name}`|`{section}\.[a-z_]+` / [^|]*`{name}`", docs), (
+                f"{section}.{name} is not in docs/device.md's settings table"
+            )
+    pi = {"spool", "spool_dir", "listen"}  # set for the Pi's paths and port
+    for section, default in (
+        ("api", ApiSettings()),
+        ("mqtt", MqttSettings()),
+        ("webhook", WebhookSettings()),
+    ):
+        loaded = getattr(load_settings(REPO / "deploy" / "clad-agent.toml"), section)
+        for f in dataclasses.fields(default):
+            if f.name not in pi:
+                assert getattr(loaded, f.name) == getattr(default, f.name), (section, f.name)
+
+    node = "raspberrypi"
+    discovery = discovery_messages(MqttSettings(node_id=node), node, f"clad/{node}", {})
+    for topic, _ in discovery:
+        assert f"`{topic.replace(node, 'NODE')}`" in docs
+    ids = home_assistant_entity_ids(discovery)
+    assert ids == [
+        "binary_sensor.clad_agent_raspberrypi_spoof_detected",
+        "sensor.clad_agent_raspberrypi_smoothed_p_spoof",
+        "binary_sensor.clad_agent_raspberrypi_agent_online",
+    ]
+    documented = re.findall(r"\b(?:binary_sensor|sensor)\.clad_agent_[a-z0-9_]+", docs)
+    assert set(documented) == set(ids)
+    card = docs[docs.index("type: vertical-stack") :]
+    automation = card[card.index("alias: Deepfake voice detected") :]
+    assert all(i in card[: card.index("```")] for i in ids)
+    assert f"entity_id: {ids[0]}" in automation and 'to: "on"' in automation
 
 
 @pytest.fixture(scope="session")
