@@ -457,3 +457,54 @@ def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path)
     ]
     start = next(e for e in json_lines(out.stdout) if e["type"] == "start")
     assert start["settings"]["mqtt"]["url"] == f"mqtt://127.0.0.1:{broker.port}"
+
+
+def test_the_agent_publishes_over_tls_with_a_password_from_its_settings_file(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """`clad-agent listen --config FILE` with mqtts://, a CA file and credentials in FILE."""
+    ca = make_ca(tmp_path / "pki", "clad test CA")
+    server = ca.issue_server(tmp_path / "pki", "127.0.0.1")
+    user, secret = "clad", "a password nobody guesses"
+    audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
+    with Mosquitto(tmp_path / "broker", tls=server, passwords={user: secret}) as broker:
+        sub = Subscriber(
+            broker.port, ["clad/#"], tls_ca_file=ca.cert, username=user, password=secret
+        )
+        config = tmp_path / "clad-agent.toml"
+        config.write_text(
+            "[mqtt]\n"
+            f'url = "mqtts://127.0.0.1:{broker.port}"\n'
+            f'node_id = "{NODE}"\nusername = "{user}"\npassword = "{secret}"\n'
+            f'tls_ca_file = "{ca.cert}"\nspool = "{tmp_path / "spool.sqlite3"}"\n'
+        )
+        config.chmod(0o600)
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
+                *("--source", str(audio), "--json", "--config", str(config)),
+            ],
+            cwd=REPO,
+            env=device_env(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
+        assert sub.wait_for(
+            lambda _: (
+                len(sub.on(f"{BASE}/state")) >= len(decisions)
+                and [m.payload for m in sub.on(f"{BASE}/availability")][-1:] == [b"offline"]
+            ),
+            timeout_s=20,
+        )
+        sub.close()
+    published = [e for e in state_events(sub) if e["type"] == "decision"]
+    assert len(decisions) >= 3
+    assert [(e["window"], e["decision"]) for e in published] == [
+        (e["window"], e["decision"]) for e in decisions
+    ]
+    start = next(e for e in json_lines(out.stdout) if e["type"] == "start")
+    assert start["settings"]["mqtt"]["url"] == f"mqtts://127.0.0.1:{broker.port}"
+    assert start["settings"]["mqtt"]["password"] == "<set>"
+    assert secret not in out.stdout.decode() and secret not in out.stderr.decode()
