@@ -117,6 +117,7 @@ async function tick() {
   const timer = setTimeout(() => abort.abort(), FETCH_TIMEOUT_MS);
   try {
     const response = await fetch("history", {headers, cache: "no-store", signal: abort.signal});
+    if (response.status === 401) throw new Error("HTTP 401: a missing or wrong token; open the page as /?access_token=TOKEN");
     if (!response.ok) throw new Error("HTTP " + response.status);
     live(await response.json());
   } catch (error) {
