@@ -34,7 +34,7 @@ from device.mqtt import (
     home_assistant_entity_ids,
     parse_mqtt_url,
 )
-from device.outbox import Spool
+from device.outbox import Outbox, Queued, Spool
 from tests.brokers import Message, Mosquitto, Subscriber, make_ca
 from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
 
@@ -236,6 +236,39 @@ def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
     assert [q.event["n"] for q in reopened.peek(10)] == [5, 6, 7]
     assert reopened.put({"n": 8}) > seqs[-1]  # numbering goes on, never reused
     reopened.close()
+
+
+def test_a_kick_ends_the_outbox_back_off_at_once(tmp_path: Path) -> None:
+    """A reconnect kicks the outbox: queued events go then, not after its back-off (60 s)."""
+    way_out = {"open": False}
+    delivered: list[int] = []
+
+    def deliver(batch: list[Queued]) -> None:
+        if not way_out["open"]:
+            raise ConnectionError("expected a broker listening on 127.0.0.1:1, got refused")
+        delivered.extend(item.event["n"] for item in batch)
+
+    outbox = Outbox(
+        "mqtt",
+        Spool(tmp_path / "spool.sqlite3", 100),
+        deliver,
+        ("decision",),
+        backoff_initial_s=60.0,
+        backoff_max_s=60.0,
+    )
+    try:
+        for n in range(3):
+            outbox.write({"type": "decision", "n": n})
+        deadline = time.monotonic() + 10
+        while outbox.failures == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert outbox.failures == 1 and "got refused" in outbox.last_error  # now in its 60 s wait
+        way_out["open"] = True
+        outbox.kick()
+        assert outbox.drain(10), "still waiting out the back-off after a kick"
+    finally:
+        outbox.close()
+    assert delivered == [0, 1, 2] and outbox.failures == 1
 
 
 def test_mqtt_settings_are_checked_and_the_password_never_echoed(tmp_path: Path) -> None:
