@@ -1,6 +1,6 @@
 """What MQTT alerts cost and whether they lose anything, on this machine.
 
-    python -m benchmarks.alerts_load --bundle DIR [--events 10000] [--seconds 60]
+    python -m benchmarks.alerts_load --bundle DIR [--events 10000] [--seconds 60] [--rounds 1]
 
 1. Through a broker restart: `--events` decision events go to an MqttPublisher (the agent's
    sink) while a real mosquitto on a loopback port is stopped after 30 % of them and started
@@ -9,7 +9,9 @@
    once), the time to deliver all, and this process's CPU seconds for publishing them.
 2. Agent CPU with and without MQTT: benchmarks.agent_load's real-time run (`--seconds` of
    audio, paced like a microphone) without MQTT, with MQTT publishing decisions and
-   heartbeats (the default), and with every window published (the worst case).
+   heartbeats (the default), and with every window published (the worst case). The three
+   agents run side by side, at the same time, so a machine shared with other work loads all
+   three alike; `--rounds` repeats that and reports each round and the median.
 
 Needs mosquitto and paho-mqtt (the alerts extra). Writes benchmarks/results/alerts_load.json.
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,46 +118,102 @@ def through_restart(total: int) -> dict:
     }
 
 
-def agent_cpu(bundle: Path, seconds: float) -> dict:
+KEYS = (
+    "cpu_percent_of_one_core",
+    "cpu_percent_of_one_core_steady",
+    "peak_rss_mib",
+    "windows",
+    "overflows",
+    "wall_s",
+)
+
+
+def agent_cpu(bundle: Path, seconds: float, rounds: int) -> dict:
+    """Each round: the three agents at once, against one broker; their CPU side by side."""
     with (
         tempfile.TemporaryDirectory(prefix="alerts-agent-") as tmp,
         Mosquitto(Path(tmp) / "broker") as broker,
     ):
         url = f"mqtt://127.0.0.1:{broker.port}"
-        every = Path(tmp) / "every-window.toml"
-        every.write_text('[mqtt]\ntypes = ["decision", "heartbeat", "window"]\n')
-        runs = {
-            "no_mqtt": (),
-            "mqtt_decisions_heartbeats": ("--mqtt", url),
-            "mqtt_every_window": ("--mqtt", url, "--config", str(every)),
+        runs: dict[str, tuple[str, ...]] = {"no_mqtt": ()}
+        for name, types in (
+            ("mqtt_decisions_heartbeats", '["decision", "heartbeat"]'),
+            ("mqtt_every_window", '["decision", "heartbeat", "window"]'),
+        ):
+            config = Path(tmp) / f"{name}.toml"
+            config.write_text(f'[mqtt]\nnode_id = "{name}"\ntypes = {types}\n')
+            runs[name] = ("--mqtt", url, "--config", str(config))
+        per_round: list[dict[str, dict]] = []
+        for round_index in range(rounds):
+            reports: dict[str, dict] = {}
+            errors: list[str] = []
+
+            def one(name: str, extra: tuple[str, ...], reports=reports, errors=errors) -> None:
+                try:
+                    reports[name] = measure(bundle, seconds, "int8", 1, None, sys.executable, extra)
+                except (RuntimeError, OSError) as error:
+                    errors.append(f"{name}: {error}")
+
+            threads = [threading.Thread(target=one, args=item) for item in runs.items()]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise RuntimeError("; ".join(errors))
+            row = {name: {key: reports[name][key] for key in KEYS} for name in runs}
+            row["load_average_before"] = reports["no_mqtt"]["machine"]["load_average_before"]
+            per_round.append(row)
+            print(f"  round {round_index + 1}/{rounds}: {json.dumps(row)}", file=sys.stderr)
+    median = {
+        name: {
+            key: round(statistics.median(r[name][key] for r in per_round), 2)
+            for key in ("cpu_percent_of_one_core", "cpu_percent_of_one_core_steady")
+            if all(r[name][key] is not None for r in per_round)
         }
-        out = {}
-        for name, extra in runs.items():
-            report = measure(bundle, seconds, "int8", 1, None, sys.executable, extra)
-            out[name] = {
-                key: report[key]
-                for key in (
-                    "cpu_percent_of_one_core",
-                    "cpu_percent_of_one_core_steady",
-                    "peak_rss_mib",
-                    "windows",
-                    "wall_s",
-                )
-            }
-            print(f"  {name}: {out[name]}", file=sys.stderr)
-    return out
+        for name in runs
+    }
+    return {"seconds": seconds, "rounds": per_round, "median": median}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/alerts_load.json")
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="model bundle directory (manifest.json)"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=10_000,
+        help="decision events published through the broker restart (default 10000)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="audio per agent CPU run, in seconds, paced in real time (default 60)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="agent CPU rounds, each running the three agents side by side (default 1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks/results/alerts_load.json",
+        help="JSON report (default benchmarks/results/alerts_load.json)",
+    )
     args = parser.parse_args(argv)
+    if args.events < 10 or args.seconds <= 0 or args.rounds < 1:
+        parser.error(
+            f"expected --events >= 10, --seconds > 0 and --rounds >= 1, got "
+            f"{args.events}, {args.seconds} and {args.rounds}"
+        )
     report = {"through_restart": through_restart(args.events)}
     print(json.dumps(report["through_restart"], indent=2))
-    report["agent_cpu"] = agent_cpu(args.bundle, args.seconds)
+    report["agent_cpu"] = agent_cpu(args.bundle, args.seconds, args.rounds)
     print(json.dumps(report["agent_cpu"], indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

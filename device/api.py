@@ -207,6 +207,11 @@ class AgentState:
                 problems.append("the source is backing off after an error")
             if self.event_file_error:
                 problems.append(f"events are not reaching the event file: {self.event_file_error}")
+            for box in self.outboxes:  # MQTT, webhooks: degraded while they cannot deliver
+                if box.last_error:
+                    problems.append(
+                        f"{box.name}: {box.last_error}; {box.spool.depth} event(s) queued"
+                    )
             since = self.last_scored_monotonic or self.started_monotonic
             idle_s = now - since
             if self.stall_after_s is not None and self.running and idle_s > self.stall_after_s:
@@ -268,6 +273,10 @@ class AgentState:
                 "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
                 "running": self.running,
                 "source": source,
+                "alerts": {
+                    box.name: {**box.metrics(), "last_error": box.last_error}
+                    for box in self.outboxes
+                },
                 **self.info,
             }
 

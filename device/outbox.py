@@ -177,6 +177,7 @@ class Outbox:
         self.last_error = ""
         self._wake = threading.Condition()
         self._stop = threading.Event()
+        self._kick = threading.Event()  # "try now": ends a back-off wait early
         self._thread = threading.Thread(target=self._run, name=f"outbox-{name}", daemon=True)
         self._thread.start()
 
@@ -209,13 +210,20 @@ class Outbox:
                         self.spool.depth,
                         delay_s,
                     )
-                self._stop.wait(delay_s)
-                delay_s = min(delay_s * 2, self.backoff_max_s)
+                if self._kick.wait(delay_s):  # the way out is back: no need to wait longer
+                    self._kick.clear()
+                    delay_s = self.backoff_initial_s
+                else:
+                    delay_s = min(delay_s * 2, self.backoff_max_s)
                 continue
             delay_s = self.backoff_initial_s
             self.last_error = ""
             self.spool.ack(batch[-1].seq)
             self.delivered += len(batch)
+
+    def kick(self) -> None:
+        """Retry now if waiting out a back-off (e.g. the broker is connected again)."""
+        self._kick.set()
 
     def drain(self, timeout_s: float) -> bool:
         """Wait up to timeout_s for the spool to empty; True when it did."""
@@ -230,6 +238,7 @@ class Outbox:
         """Give queued events `close_timeout_s` to go out; the rest stay in the spool file."""
         self.drain(self.close_timeout_s)
         self._stop.set()
+        self._kick.set()
         with self._wake:
             self._wake.notify()
         self._thread.join(self.close_timeout_s + 5.0)

@@ -3,14 +3,22 @@
     with Mosquitto(tmp_dir) as broker: ... broker.stop(); broker.start() ...
     sub = Subscriber(broker.port, ["clad/#"]); sub.wait_for(lambda msgs: ..., timeout_s=20)
 
+    ca = make_ca(tmp_dir, "test CA"); server = ca.issue_server(tmp_dir, "127.0.0.1")
+    with Mosquitto(tmp_dir, tls=server, passwords={"pi": "secret"}) as broker: ...
+    Subscriber(broker.port, ["clad/#"], tls_ca_file=ca.cert, username="pi", password="secret")
+
 The broker keeps sessions on disk (persistence), so a subscriber with a persistent session
-(clean_session=False, QoS 1) gets every message across a broker restart. Every wait is
-bounded in time. Traffic stays on 127.0.0.1.
+(clean_session=False, QoS 1) gets every message across a broker restart. With `tls` its one
+listener speaks TLS only (the server certificate and key made here with `cryptography`, for
+127.0.0.1 and localhost); with `passwords` it refuses anonymous clients and checks a password
+file written by mosquitto_passwd. Every wait is bounded in time. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import datetime
 import getpass
+import ipaddress
 import os
 import shutil
 import signal
@@ -38,6 +46,127 @@ def mosquitto_or_skip() -> str:
     pytest.skip(message)
 
 
+def mosquitto_passwd_or_skip() -> str:
+    path = shutil.which("mosquitto_passwd")
+    if path:
+        return path
+    message = "mosquitto_passwd is not installed (it comes with Debian's mosquitto package)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class ServerCert:
+    cert: Path  # PEM, the server's certificate
+    key: Path  # PEM, its private key (unencrypted)
+
+
+@dataclass(frozen=True)
+class CertAuthority:
+    """A self-signed certificate authority (EC P-256) that issues server certificates."""
+
+    name: str
+    cert: Path  # PEM: what a client trusts (tls_ca_file)
+    key: Path
+
+    def issue_server(self, out_dir: Path, host: str = "127.0.0.1") -> ServerCert:
+        """A server certificate for `host`, localhost and 127.0.0.1, signed by this CA."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        ca_cert = x509.load_pem_x509_certificate(self.cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"server-{self.name.replace(' ', '-')}"
+        cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        return ServerCert(cert_path, key_path)
+
+
+def make_ca(out_dir: Path, name: str) -> CertAuthority:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"ca-{name.replace(' ', '-')}"
+    cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return CertAuthority(name, cert_path, key_path)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -45,16 +174,38 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, work_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        port: int | None = None,
+        *,
+        tls: ServerCert | None = None,
+        passwords: dict[str, str] | None = None,
+    ) -> None:
         self.binary = mosquitto_or_skip()
         self.dir = work_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = self.dir / "mosquitto.conf"
         self.log = self.dir / "mosquitto.log"
+        security = "allow_anonymous true\n"
+        if passwords:
+            password_file = self.dir / "passwords"
+            password_file.write_text("")
+            password_file.chmod(0o600)
+            for user, password in passwords.items():
+                subprocess.run(
+                    [mosquitto_passwd_or_skip(), "-b", str(password_file), user, password],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
+            security = f"allow_anonymous false\npassword_file {password_file}\n"
+        if tls:
+            security += f"certfile {tls.cert}\nkeyfile {tls.key}\ntls_version tlsv1.2\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{security}"
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "autosave_interval 1\n"
@@ -118,7 +269,16 @@ class Message:
 class Subscriber:
     """A paho client with a persistent session, collecting every message it gets."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "test-subscriber") -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: list[str],
+        client_id: str = "test-subscriber",
+        *,
+        tls_ca_file: Path | None = None,
+        username: str = "",
+        password: str = "",
+    ) -> None:
         import paho.mqtt.client as paho
 
         self.messages: list[Message] = []
@@ -128,6 +288,10 @@ class Subscriber:
             paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
         )
         self.client.reconnect_delay_set(1, 1)
+        if username:
+            self.client.username_pw_set(username, password)
+        if tls_ca_file:
+            self.client.tls_set(ca_certs=str(tls_ca_file))
 
         def on_connect(client, _userdata, _flags, reason, _props) -> None:
             if not reason.is_failure:
