@@ -19,7 +19,9 @@ file's edge). `replay_decisions` equals `StreamPipeline` fed the same audio exac
 (tests/test_stream_benchmark.py). A live microphone also sees at most one mixed window at
 each edge; that is the one approximation.
 
-Per (threshold, smoothing_windows), margin and silence_windows at the agent's defaults:
+Per (threshold, decision rule), margin and silence_windows at the agent's defaults; the rules
+are the plain means of smoothing_windows 1/3/5/9 and the K-of-N votes of VOTE_SWEEP
+(min_windows_above: 2 of 2, 2 of 3, 3 of 3):
 
     false alarms per hour   entries into "spoof" during bona fide files, per hour of
                             bona fide audio (pauses not counted)
@@ -27,7 +29,8 @@ Per (threshold, smoothing_windows), margin and silence_windows at the agent's de
     time to detect          spoof onset -> the end of the first window decided "spoof"
                             (when that decision can be made): median and p90
 
-Writes <out>/stream-<bundle>.json and two PNG curves (false alarms/h against miss rate
+Each rule's best point with a median time to detect of at most 2 s (fewest false alarms/h)
+is listed apart (`best_per_rule`). Writes <out>/stream-<bundle>.json and two PNG curves (false alarms/h against miss rate
 and against median time to detect). With --write-manifest the JSON and PNGs are also
 copied into the bundle (stream.json, plots/stream_*.png), listed in the manifest with
 their sha256, and the named operating points written to the manifest's
@@ -69,6 +72,9 @@ DEFAULT_SPOOFS_PER_HOUR = 30.0
 DEFAULT_SEED = 13
 PAUSE_S = (0.3, 4.0)  # uniform pause between files, seconds
 SMOOTHING_SWEEP = (1, 3, 5, 9)
+VOTE_SWEEP = ((2, 2), (3, 2), (3, 3))
+"""(smoothing_windows, min_windows_above) K-of-N rules swept beside the plain means."""
+TTD_TARGET_S = 2.0  # the "best point" of each rule: fewest false alarms/h at this median TTD
 STREAM_JSON = "stream.json"
 NAMED_FA_PER_HOUR = (1.0, 0.1)
 
@@ -261,6 +267,7 @@ def measure(plan: StreamPlan, windows: StreamWindows, settings: DecisionSettings
     return {
         "threshold": settings.threshold,
         "smoothing_windows": settings.smoothing_windows,
+        "min_windows_above": settings.min_windows_above,
         "margin": settings.margin,
         "silence_windows": settings.silence_windows,
         "false_alarms": false_alarms,
@@ -268,32 +275,49 @@ def measure(plan: StreamPlan, windows: StreamWindows, settings: DecisionSettings
         "spoofs": plan.spoofs,
         "missed": missed,
         "miss_rate": missed / plan.spoofs if plan.spoofs else math.nan,
+        "detected_within_target": (
+            sum(t <= TTD_TARGET_S + 1e-9 for t in ttd) / plan.spoofs if plan.spoofs else math.nan
+        ),
         "ttd_median_s": float(np.median(ttd)) if ttd else None,
         "ttd_p90_s": float(np.percentile(ttd, 90)) if ttd else None,
     }
 
 
 def threshold_grid(default: float, margin: float, extra: Sequence[float] = ()) -> list[float]:
-    """Thresholds the Decider accepts with `margin`, plus the bundle's own."""
+    """Thresholds the Decider accepts with `margin`, plus the bundle's own: 30 evenly spaced
+    in P(spoof), and 10 whose entry level (threshold + margin) is 1 - 10^-k for k from 1 to 4,
+    where an always-on stream's false alarms are decided (window P(spoof) near 1)."""
     low, high = margin + 1e-3, 1.0 - margin
     values = set(np.round(np.linspace(low, high, 30), 4).tolist())
+    values |= {float(v) for v in 1.0 - np.logspace(-4, -1, 10) - margin if low <= v <= high}
     values |= {float(v) for v in (default, *extra) if low <= v <= high}
     return sorted(values)
+
+
+def sweep_rules(base: DecisionSettings) -> list[tuple[int, int]]:
+    """(smoothing_windows, min_windows_above) pairs swept: plain means, K-of-N votes, and the
+    agent's own setting (first)."""
+    rules = [(base.smoothing_windows, base.min_windows_above)]
+    for rule in [(n, 0) for n in SMOOTHING_SWEEP] + list(VOTE_SWEEP):
+        if rule not in rules:
+            rules.append(rule)
+    return rules
 
 
 def sweep(
     plan: StreamPlan,
     windows: StreamWindows,
     thresholds: Sequence[float],
-    smoothing: Sequence[int],
+    rules: Sequence[tuple[int, int]],
     base: DecisionSettings,
 ) -> list[dict[str, Any]]:
     rows = []
-    for n in smoothing:
+    for n, votes in rules:
         for threshold in thresholds:
             settings = DecisionSettings(
                 threshold=threshold,
                 smoothing_windows=n,
+                min_windows_above=votes,
                 margin=base.margin,
                 silence_windows=base.silence_windows,
             )
@@ -301,11 +325,37 @@ def sweep(
     return rows
 
 
+def rule_name(row: dict[str, Any]) -> str:
+    n, votes = row["smoothing_windows"], row.get("min_windows_above", 0)
+    return f"mean of {n}" + (f", {votes} of {n} above" if votes else "")
+
+
+def _is_default_rule(row: dict[str, Any], base: DecisionSettings) -> bool:
+    return (row["smoothing_windows"], row.get("min_windows_above", 0)) == (
+        base.smoothing_windows,
+        base.min_windows_above,
+    )
+
+
+def best_per_rule(rows: list[dict[str, Any]], ttd_target_s: float = TTD_TARGET_S) -> list[dict]:
+    """Per rule: the fewest false alarms/h whose median time to detect is at most the target
+    (ties: the lower miss rate). A median over detected spoofs only, so read the miss rate."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["ttd_median_s"] is None or r["ttd_median_s"] > ttd_target_s + 1e-9:
+            continue
+        name = rule_name(r)
+        key = (r["fa_per_hour"], r["miss_rate"])
+        if name not in best or key < (best[name]["fa_per_hour"], best[name]["miss_rate"]):
+            best[name] = {"rule": name, **r}
+    return sorted(best.values(), key=lambda r: (r["fa_per_hour"], r["miss_rate"]))
+
+
 def operating_points(
     rows: list[dict[str, Any]], default_threshold: float, base: DecisionSettings
 ) -> dict[str, Any]:
-    """Named points at the agent's default smoothing: the bundle default, N false alarms/h."""
-    at_default = [r for r in rows if r["smoothing_windows"] == base.smoothing_windows]
+    """Named points at the agent's default decision rule: the bundle default, N false alarms/h."""
+    at_default = [r for r in rows if _is_default_rule(r, base)]
     points: dict[str, Any] = {}
     bundle = min(at_default, key=lambda r: abs(r["threshold"] - default_threshold))
     points["eer_dev"] = {**bundle, "note": "the bundle's threshold (dev EER point)"}
@@ -382,7 +432,7 @@ def run(
     extra = [bundle.manifest.threshold.far_target_value]
     thresholds = threshold_grid(scorer.threshold, base.margin, extra)
     replay_started = time.perf_counter()
-    rows = sweep(plan, windows, thresholds, SMOOTHING_SWEEP, base)
+    rows = sweep(plan, windows, thresholds, sweep_rules(base), base)
     replay_s = time.perf_counter() - replay_started
     points = operating_points(rows, scorer.threshold, base)
     total_s = time.perf_counter() - started
@@ -414,11 +464,13 @@ def run(
         },
         "decision_defaults": {
             "smoothing_windows": base.smoothing_windows,
+            "min_windows_above": base.min_windows_above,
             "margin": base.margin,
             "silence_windows": base.silence_windows,
         },
         "rows": rows,
         "operating_points": points,
+        "best_per_rule": {"ttd_median_target_s": TTD_TARGET_S, "rows": best_per_rule(rows)},
         "timings_s": {
             "score_files": round(scored_s, 2),
             "replay": round(replay_s, 2),
@@ -438,15 +490,31 @@ def render_table(report: dict[str, Any]) -> str:
         f"{report['model_format']}, {'calibrated' if report['calibrated'] else 'UNcalibrated'} "
         "P(spoof)",
         "",
-        "| point | threshold | smoothing | FA/h | miss rate | TTD median s | TTD p90 s |",
+        "| point | threshold | rule | FA/h | miss rate | TTD median s | TTD p90 s |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in report["operating_points"].items():
         lines.append(
-            f"| {name} | {r['threshold']:.4f} | {r['smoothing_windows']} | "
+            f"| {name} | {r['threshold']:.6f} | {rule_name(r)} | "
             f"{r['fa_per_hour']:.2f} | {100 * r['miss_rate']:.1f}% | {_s(r['ttd_median_s'])} | "
             f"{_s(r['ttd_p90_s'])} |"
         )
+    best = report.get("best_per_rule", {})
+    if best.get("rows"):
+        lines += [
+            "",
+            f"Fewest false alarms/h per decision rule with median time to detect <= "
+            f"{best['ttd_median_target_s']:g} s (median over detected spoofs: read the miss rate)",
+            "",
+            "| rule | threshold | FA/h | miss rate | detected <= 2 s | TTD median s | TTD p90 s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in best["rows"]:
+            lines.append(
+                f"| {r['rule']} | {r['threshold']:.6f} | {r['fa_per_hour']:.2f} | "
+                f"{100 * r['miss_rate']:.1f}% | {100 * r['detected_within_target']:.1f}% | "
+                f"{_s(r['ttd_median_s'])} | {_s(r['ttd_p90_s'])} |"
+            )
     t = report["timings_s"]
     lines += ["", f"scoring {t['score_files']} s, replay {t['replay']} s, total {t['total']} s"]
     return "\n".join(lines)
@@ -474,14 +542,14 @@ def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path
         ("ttd", "ttd_median_s", "median time to detect, s"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for n in sorted({r["smoothing_windows"] for r in rows}):
+        for rule in dict.fromkeys(rule_name(r) for r in rows):
             pts = sorted(
                 (r["fa_per_hour"], r[y_key])
                 for r in rows
-                if r["smoothing_windows"] == n and r[y_key] is not None
+                if rule_name(r) == rule and r[y_key] is not None
             )
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", markersize=2, label=f"smoothing {n}")
+                ax.plot(*zip(*pts, strict=True), "o-", markersize=2, label=rule)
         for point, r in report["operating_points"].items():
             if r[y_key] is not None:
                 ax.plot(r["fa_per_hour"], r[y_key], "k*", markersize=8)
@@ -523,6 +591,7 @@ def write_into_bundle(bundle_dir: Path, report: dict[str, Any], pngs: Sequence[P
         {k: r[k] for k in ("threshold", "fa_per_hour", "miss_rate", "ttd_median_s", "ttd_p90_s")}
         for r in report["rows"]
         if r["smoothing_windows"] == report["decision_defaults"]["smoothing_windows"]
+        and r.get("min_windows_above", 0) == report["decision_defaults"]["min_windows_above"]
     ]
     manifest["operating_points"] = {
         "measured_by": "python -m benchmarks.stream --write-manifest",

@@ -47,13 +47,18 @@ def _files(tmp_path: Path, scorer: Scorer) -> list[ScoredFile]:
     ]
 
 
-def test_replay_equals_the_streaming_path_exactly(fixture_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("min_windows_above", [0, 2])
+def test_replay_equals_the_streaming_path_exactly(
+    fixture_bundle: Path, tmp_path: Path, min_windows_above: int
+) -> None:
     scorer = Scorer(fixture_bundle, "int8")
     files = _files(tmp_path, scorer)
     plan = plan_stream(files, hours=25 / 3600, spoofs_per_hour=3600 / 6, seed=DEFAULT_SEED)
     assert plan.spoofs >= 2 and any(s.kind == "pause" for s in plan.segments)
     windows = stream_windows(plan, files, scorer.window_samples, scorer.hop_samples)
-    settings = DecisionSettings(threshold=0.5, smoothing_windows=2, margin=0.05)
+    settings = DecisionSettings(
+        threshold=0.5, smoothing_windows=2, margin=0.05, min_windows_above=min_windows_above
+    )
     replayed = replay_decisions(windows, settings)
 
     # The real path: every segment's audio, in uneven chunks, a segment break at each edge.
@@ -95,15 +100,40 @@ def test_stream_benchmark_writes_curves_and_operating_points(
     manifest.setdefault("data", {})["trained_on"] = {"format": "asvspoof2019", "root": "/nowhere"}
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "results"
-    args = ["--bundle", str(bundle), "--out", str(out), "--hours", "0.05"]
+    args = [
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--hours",
+        "0.05",
+        "--spoofs-per-hour",
+        "200",
+    ]
     assert main([*args, "--data", str(corpus), "--write-manifest"]) == 0
     report = json.loads((out / "stream-bundle.json").read_text())
     assert report["stream"]["hours_bonafide"] >= 0.05 and report["stream"]["spoofs"] >= 1
-    assert {r["smoothing_windows"] for r in report["rows"]} == {1, 3, 5, 9}
+    rules = {(r["smoothing_windows"], r["min_windows_above"]) for r in report["rows"]}
+    assert rules == {(1, 0), (3, 0), (5, 0), (9, 0), (2, 2), (3, 2), (3, 3)}
     for row in report["rows"]:
         assert row["false_alarms"] >= 0 and 0.0 <= row["miss_rate"] <= 1.0
+        assert 0.0 <= row["detected_within_target"] <= 1.0 - row["miss_rate"] + 1e-12
+    best = report["best_per_rule"]["rows"]
+    assert best, "the easy corpus's spoofs are detected within 2 s by some rule"
+    for row in best:
+        assert row["ttd_median_s"] <= 2.0
+        same_rule = [
+            r
+            for r in report["rows"]
+            if (r["smoothing_windows"], r["min_windows_above"])
+            == (row["smoothing_windows"], row["min_windows_above"])
+            and r["ttd_median_s"] is not None
+            and r["ttd_median_s"] <= 2.0
+        ]
+        assert row["fa_per_hour"] == min(r["fa_per_hour"] for r in same_rule)
     points = report["operating_points"]
     assert "eer_dev" in points
+    assert all((p["smoothing_windows"], p["min_windows_above"]) == (3, 0) for p in points.values())
     loaded = load_bundle(bundle)  # the new files are listed with their sha256
     assert loaded.manifest.operating_points["points"].keys() == points.keys()
     for name in ("stream.json", "plots/stream_miss.png", "plots/stream_ttd.png"):
