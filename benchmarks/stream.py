@@ -614,15 +614,40 @@ def main(argv: list[str] | None = None) -> int:
         description="False alarms per hour, misses and time to detect of a bundle on long "
         "streams built from its eval split, through the device's decision code.",
     )
-    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "demo")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=REPO / "bundles" / "demo",
+        help="model bundle directory (default: bundles/demo)",
+    )
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset root (default: the manifest's)"
     )
-    parser.add_argument("--hours", type=float, default=DEFAULT_HOURS, help="bona fide hours")
-    parser.add_argument("--spoofs-per-hour", type=float, default=DEFAULT_SPOOFS_PER_HOUR)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--model", choices=("int8", "fp32"), default="int8")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=DEFAULT_HOURS,
+        help=f"hours of bona fide speech in the stream (default {DEFAULT_HOURS:g})",
+    )
+    parser.add_argument(
+        "--spoofs-per-hour",
+        type=float,
+        default=DEFAULT_SPOOFS_PER_HOUR,
+        help="spoof files inserted per hour of bona fide speech (default "
+        f"{DEFAULT_SPOOFS_PER_HOUR:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"stream seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--model", choices=("int8", "fp32"), default="int8", help="model format (default int8)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results",
+        help="output folder (default: benchmarks/results)",
+    )
     parser.add_argument(
         "--write-manifest",
         action="store_true",
