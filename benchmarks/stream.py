@@ -96,13 +96,17 @@ class ScoredFile:
     p_spoof: np.ndarray  # (windows,) calibrated window P(spoof); NaN for silent windows
     silent: np.ndarray  # (windows,) bool
     starts: np.ndarray  # (windows,) int64 sample offsets inside the file
+    rms_dbfs: np.ndarray | None = None  # (windows,) raw level, for the false-alarm study
+    speaker: str = ""  # the dataset's speaker (voice) column
 
     @property
     def duration_s(self) -> float:
         return self.num_samples / SAMPLE_RATE
 
 
-def score_file_windows(scorer: Scorer, path: str | Path, label: str) -> ScoredFile:
+def score_file_windows(
+    scorer: Scorer, path: str | Path, label: str, speaker: str = ""
+) -> ScoredFile:
     """Decode, window and score a file as the device does; silent windows are not scored
     (the decision logic ignores their score)."""
     signal = load_audio(path)
@@ -114,7 +118,16 @@ def score_file_windows(scorer: Scorer, path: str | Path, label: str) -> ScoredFi
     if loud.size:
         logits = scorer.score_windows(windows.normalized[loud])
         p[loud] = p_spoof(logits, scorer.calibration)
-    return ScoredFile(str(path), label, int(signal.size), p, windows.silent.copy(), windows.starts)
+    return ScoredFile(
+        str(path),
+        label,
+        int(signal.size),
+        p,
+        windows.silent.copy(),
+        windows.starts,
+        windows.rms_dbfs.copy(),
+        speaker,
+    )
 
 
 def pause_windows(num_samples: int, window_samples: int, hop_samples: int) -> int:
@@ -370,6 +383,82 @@ def operating_points(
     return points
 
 
+def false_alarm_sources(
+    plan: StreamPlan,
+    windows: StreamWindows,
+    files: Sequence[ScoredFile],
+    settings: DecisionSettings,
+) -> dict[str, Any]:
+    """Where the false alarms at `settings` come from: which voices, which window of the
+    file, how loud the window that raised them was, and how bona fide windows score."""
+    decisions = replay_decisions(windows, settings)
+    _, entries = _entries(decisions)
+    first_of_segment = np.searchsorted(windows.segment, np.arange(len(plan.segments)))
+    entry_level = float(settings.threshold) + settings.margin
+    by_speaker: dict[str, dict[str, float]] = {}
+    for segment in plan.segments:
+        if segment.kind == "file" and segment.label == "bonafide":
+            f = files[segment.file_index]
+            row = by_speaker.setdefault(f.speaker or "?", {"alarms": 0, "hours": 0.0})
+            row["hours"] += f.duration_s / 3600.0
+    in_pauses = 0
+    position: dict[str, int] = {}
+    alarm_files: set[int] = set()
+    alarm_rms: list[float] = []
+    for j in np.flatnonzero(entries):
+        k = int(windows.segment[j])
+        segment = plan.segments[k]
+        if segment.kind != "file":
+            in_pauses += 1
+            continue
+        if segment.label != "bonafide":
+            continue
+        f = files[segment.file_index]
+        by_speaker[f.speaker or "?"]["alarms"] += 1
+        index = int(j - first_of_segment[k])
+        key = str(index) if index < settings.smoothing_windows + 3 else "later"
+        position[key] = position.get(key, 0) + 1
+        alarm_files.add(segment.file_index)
+        if f.rms_dbfs is not None:
+            alarm_rms.append(float(f.rms_dbfs[index]))
+    bona = [f for f in files if f.label == "bonafide"]
+    p = np.concatenate([f.p_spoof[~f.silent] for f in bona]) if bona else np.zeros(0)
+    levels = [f.rms_dbfs[~f.silent] for f in bona if f.rms_dbfs is not None]
+    rms = np.concatenate(levels) if levels else np.zeros(0)
+    quantiles = (0.1, 0.5, 0.9)
+    return {
+        "threshold": settings.threshold,
+        "entry_level": entry_level,
+        "false_alarms": int(sum(r["alarms"] for r in by_speaker.values())),
+        "in_pauses": in_pauses,
+        "by_speaker": {
+            name: {
+                "alarms": int(r["alarms"]),
+                "hours": round(r["hours"], 4),
+                "fa_per_hour": r["alarms"] / r["hours"] if r["hours"] else None,
+            }
+            for name, r in sorted(by_speaker.items())
+        },
+        "entry_window_index_in_file": dict(sorted(position.items(), key=lambda kv: kv[0])),
+        "first_full_history_index": settings.smoothing_windows - 1,
+        "unique_bonafide_files_alarming": len(alarm_files),
+        "unique_bonafide_files": len(
+            {s.file_index for s in plan.segments if s.label == "bonafide"}
+        ),
+        "entry_window_rms_dbfs_quantiles": (
+            {str(q): float(np.quantile(alarm_rms, q)) for q in quantiles} if alarm_rms else None
+        ),
+        "bonafide_window_rms_dbfs_quantiles": (
+            {str(q): float(np.quantile(rms, q)) for q in quantiles} if rms.size else None
+        ),
+        "bonafide_windows": int(p.size),
+        "bonafide_windows_at_entry_level": float(np.mean(p >= entry_level)) if p.size else None,
+        "bonafide_window_p_spoof_quantiles": (
+            {str(q): float(np.quantile(p, q)) for q in (0.5, 0.9, 0.99, 0.999)} if p.size else None
+        ),
+    }
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -379,8 +468,8 @@ class StreamReport:
     files: list[Path] = field(default_factory=list)
 
 
-def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str]]:
-    """(path, label) of the eval split of the dataset the bundle was trained on."""
+def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str, str]]:
+    """(path, label, speaker) of the eval split of the dataset the bundle was trained on."""
     from train.data import DatasetError, load_dataset
 
     trained_on = bundle.manifest.data.get("trained_on", {})
@@ -399,7 +488,7 @@ def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str]]:
         raise StreamBenchError(
             f"cannot read the eval split of the {fmt} dataset at {root}: {error}"
         ) from error
-    records = [(r.path, r.label) for r in dataset.records if r.split == "eval"]
+    records = [(r.path, r.label, r.speaker) for r in dataset.records if r.split == "eval"]
     if not records:
         raise StreamBenchError(f"{root}: the {fmt} dataset has no eval split")
     return records
@@ -422,7 +511,7 @@ def run(
         raise StreamBenchError(str(error)) from error
     scorer = Scorer(bundle, model_format)
     records = eval_files(bundle, data)
-    files = [score_file_windows(scorer, path, label) for path, label in records]
+    files = [score_file_windows(scorer, *record) for record in records]
     scored_s = time.perf_counter() - started
     windows_scored = int(sum(np.count_nonzero(~f.silent) for f in files))
     log(f"scored {len(files)} eval files ({windows_scored} windows) in {scored_s:.1f} s")
@@ -435,6 +524,9 @@ def run(
     rows = sweep(plan, windows, thresholds, sweep_rules(base), base)
     replay_s = time.perf_counter() - replay_started
     points = operating_points(rows, scorer.threshold, base)
+    sources = false_alarm_sources(
+        plan, windows, files, base.with_threshold(points["eer_dev"]["threshold"])
+    )
     total_s = time.perf_counter() - started
     log(
         f"{plan.total_s / 3600:.2f} h of stream ({plan.bonafide_s / 3600:.2f} h bona fide, "
@@ -471,6 +563,7 @@ def run(
         "rows": rows,
         "operating_points": points,
         "best_per_rule": {"ttd_median_target_s": TTD_TARGET_S, "rows": best_per_rule(rows)},
+        "false_alarm_sources": sources,
         "timings_s": {
             "score_files": round(scored_s, 2),
             "replay": round(replay_s, 2),
@@ -515,6 +608,24 @@ def render_table(report: dict[str, Any]) -> str:
                 f"{100 * r['miss_rate']:.1f}% | {100 * r['detected_within_target']:.1f}% | "
                 f"{_s(r['ttd_median_s'])} | {_s(r['ttd_p90_s'])} |"
             )
+    src = report.get("false_alarm_sources")
+    if src:
+        speakers = ", ".join(
+            f"{name} {r['alarms']} ({_s(r['fa_per_hour'])}/h)"
+            for name, r in src["by_speaker"].items()
+        )
+        positions = ", ".join(f"{k}: {v}" for k, v in src["entry_window_index_in_file"].items())
+        lines += [
+            "",
+            f"False alarms at threshold {src['threshold']:.4f} (entry level "
+            f"{src['entry_level']:.4f}): {src['false_alarms']} from "
+            f"{src['unique_bonafide_files_alarming']} of {src['unique_bonafide_files']} unique "
+            f"bona fide files, {src['in_pauses']} in pauses; by voice: {speakers}; by the "
+            f"entering window's index in its file (first full history: "
+            f"{src['first_full_history_index']}): {positions}. "
+            f"{100 * (src['bonafide_windows_at_entry_level'] or 0):.1f}% of bona fide windows "
+            "are at or above the entry level.",
+        ]
     t = report["timings_s"]
     lines += ["", f"scoring {t['score_files']} s, replay {t['replay']} s, total {t['total']} s"]
     return "\n".join(lines)
