@@ -203,3 +203,25 @@ def test_k_of_n_votes_from_the_settings_file_and_the_flag(
     stderr = out.stderr.decode()
     assert "threshold 0.7000 from operating point (fa_1_per_hour" in stderr
     assert "measured with smoothing_windows 3 and min_windows_above 0" in stderr
+
+
+def test_stream_cost_only_from_a_table_measured_with_the_same_rule(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    from device.calibrate import eval_stream_cost
+    from device.config import DecisionSettings
+
+    bundle = shutil.copytree(fixture_bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    row = {"threshold": 0.6, "fa_per_hour": 2.0, "miss_rate": 0.25}
+    row |= {"ttd_median_s": 2.0, "ttd_p90_s": 2.5}
+    # An older table: no min_windows_above recorded, which means it was measured without.
+    table = {"decision": {"smoothing_windows": 3, "margin": 0.05}, "curve": [row]}
+    manifest["operating_points"] = table
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(bundle).manifest
+    mean_only = DecisionSettings(smoothing_windows=3, margin=0.05)
+    assert "2.00 false alarms/h, miss rate 25.0%" in eval_stream_cost(loaded, mean_only, 0.6)
+    votes = DecisionSettings(smoothing_windows=3, margin=0.05, min_windows_above=3)
+    cost = eval_stream_cost(loaded, votes, 0.6)
+    assert "min_windows_above 0" in cost and cost.endswith("cost unknown")
