@@ -3,8 +3,9 @@
     [model]     bundle, model_format (int8|fp32), num_threads, threshold, silence_floor_dbfs
     [source]    kind (mic|stdin|file), path, device, sample_rate, channels, chunk_ms,
                 queue_chunks, realtime, backoff_initial_s, backoff_max_s, max_seconds
-    [decision]  smoothing_windows, min_windows_above, margin, silence_windows (DecisionSettings, also used by
-                device.stream: one type, one place for the defaults and their validation)
+    [decision]  smoothing_windows, min_windows_above, margin, silence_windows
+                (DecisionSettings, also used by device.stream: one type, one place for the
+                defaults and their validation)
     [device_calibration]  written by `clad-agent calibrate` (the room's threshold); used
                 when neither --threshold nor [model] threshold is given
     [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
