@@ -67,6 +67,8 @@ bench: $(STAMP)
 	@# false alarms per hour / time to detect on streams of the eval split; named operating
 	@# points into the bundle's manifest
 	$(PY) -m benchmarks.stream --bundle $(BUNDLE) --write-manifest
+	@# ECE of files and stream windows for calibration maps fitted on dev (docs/device.md)
+	$(PY) -m benchmarks.calibration --bundle $(BUNDLE)
 
 demo: $(STAMP)
 	./scripts/demo.sh

@@ -19,7 +19,9 @@ file's edge). `replay_decisions` equals `StreamPipeline` fed the same audio exac
 (tests/test_stream_benchmark.py). A live microphone also sees at most one mixed window at
 each edge; that is the one approximation.
 
-Per (threshold, smoothing_windows), margin and silence_windows at the agent's defaults:
+Per (threshold, decision rule), margin and silence_windows at the agent's defaults; the rules
+are the plain means of smoothing_windows 1/3/5/9 and the K-of-N votes of VOTE_SWEEP
+(min_windows_above: 2 of 2, 2 of 3, 3 of 3):
 
     false alarms per hour   entries into "spoof" during bona fide files, per hour of
                             bona fide audio (pauses not counted)
@@ -27,7 +29,8 @@ Per (threshold, smoothing_windows), margin and silence_windows at the agent's de
     time to detect          spoof onset -> the end of the first window decided "spoof"
                             (when that decision can be made): median and p90
 
-Writes <out>/stream-<bundle>.json and two PNG curves (false alarms/h against miss rate
+Each rule's best point with a median time to detect of at most 2 s (fewest false alarms/h)
+is listed apart (`best_per_rule`). Writes <out>/stream-<bundle>.json and two PNG curves (false alarms/h against miss rate
 and against median time to detect). With --write-manifest the JSON and PNGs are also
 copied into the bundle (stream.json, plots/stream_*.png), listed in the manifest with
 their sha256, and the named operating points written to the manifest's
@@ -69,6 +72,9 @@ DEFAULT_SPOOFS_PER_HOUR = 30.0
 DEFAULT_SEED = 13
 PAUSE_S = (0.3, 4.0)  # uniform pause between files, seconds
 SMOOTHING_SWEEP = (1, 3, 5, 9)
+VOTE_SWEEP = ((2, 2), (3, 2), (3, 3))
+"""(smoothing_windows, min_windows_above) K-of-N rules swept beside the plain means."""
+TTD_TARGET_S = 2.0  # the "best point" of each rule: fewest false alarms/h at this median TTD
 STREAM_JSON = "stream.json"
 NAMED_FA_PER_HOUR = (1.0, 0.1)
 
@@ -90,13 +96,17 @@ class ScoredFile:
     p_spoof: np.ndarray  # (windows,) calibrated window P(spoof); NaN for silent windows
     silent: np.ndarray  # (windows,) bool
     starts: np.ndarray  # (windows,) int64 sample offsets inside the file
+    rms_dbfs: np.ndarray | None = None  # (windows,) raw level, for the false-alarm study
+    speaker: str = ""  # the dataset's speaker (voice) column
 
     @property
     def duration_s(self) -> float:
         return self.num_samples / SAMPLE_RATE
 
 
-def score_file_windows(scorer: Scorer, path: str | Path, label: str) -> ScoredFile:
+def score_file_windows(
+    scorer: Scorer, path: str | Path, label: str, speaker: str = ""
+) -> ScoredFile:
     """Decode, window and score a file as the device does; silent windows are not scored
     (the decision logic ignores their score)."""
     signal = load_audio(path)
@@ -108,7 +118,16 @@ def score_file_windows(scorer: Scorer, path: str | Path, label: str) -> ScoredFi
     if loud.size:
         logits = scorer.score_windows(windows.normalized[loud])
         p[loud] = p_spoof(logits, scorer.calibration)
-    return ScoredFile(str(path), label, int(signal.size), p, windows.silent.copy(), windows.starts)
+    return ScoredFile(
+        str(path),
+        label,
+        int(signal.size),
+        p,
+        windows.silent.copy(),
+        windows.starts,
+        windows.rms_dbfs.copy(),
+        speaker,
+    )
 
 
 def pause_windows(num_samples: int, window_samples: int, hop_samples: int) -> int:
@@ -261,6 +280,7 @@ def measure(plan: StreamPlan, windows: StreamWindows, settings: DecisionSettings
     return {
         "threshold": settings.threshold,
         "smoothing_windows": settings.smoothing_windows,
+        "min_windows_above": settings.min_windows_above,
         "margin": settings.margin,
         "silence_windows": settings.silence_windows,
         "false_alarms": false_alarms,
@@ -268,32 +288,49 @@ def measure(plan: StreamPlan, windows: StreamWindows, settings: DecisionSettings
         "spoofs": plan.spoofs,
         "missed": missed,
         "miss_rate": missed / plan.spoofs if plan.spoofs else math.nan,
+        "detected_within_target": (
+            sum(t <= TTD_TARGET_S + 1e-9 for t in ttd) / plan.spoofs if plan.spoofs else math.nan
+        ),
         "ttd_median_s": float(np.median(ttd)) if ttd else None,
         "ttd_p90_s": float(np.percentile(ttd, 90)) if ttd else None,
     }
 
 
 def threshold_grid(default: float, margin: float, extra: Sequence[float] = ()) -> list[float]:
-    """Thresholds the Decider accepts with `margin`, plus the bundle's own."""
+    """Thresholds the Decider accepts with `margin`, plus the bundle's own: 30 evenly spaced
+    in P(spoof), and 10 whose entry level (threshold + margin) is 1 - 10^-k for k from 1 to 4,
+    where an always-on stream's false alarms are decided (window P(spoof) near 1)."""
     low, high = margin + 1e-3, 1.0 - margin
     values = set(np.round(np.linspace(low, high, 30), 4).tolist())
+    values |= {float(v) for v in 1.0 - np.logspace(-4, -1, 10) - margin if low <= v <= high}
     values |= {float(v) for v in (default, *extra) if low <= v <= high}
     return sorted(values)
+
+
+def sweep_rules(base: DecisionSettings) -> list[tuple[int, int]]:
+    """(smoothing_windows, min_windows_above) pairs swept: plain means, K-of-N votes, and the
+    agent's own setting (first)."""
+    rules = [(base.smoothing_windows, base.min_windows_above)]
+    for rule in [(n, 0) for n in SMOOTHING_SWEEP] + list(VOTE_SWEEP):
+        if rule not in rules:
+            rules.append(rule)
+    return rules
 
 
 def sweep(
     plan: StreamPlan,
     windows: StreamWindows,
     thresholds: Sequence[float],
-    smoothing: Sequence[int],
+    rules: Sequence[tuple[int, int]],
     base: DecisionSettings,
 ) -> list[dict[str, Any]]:
     rows = []
-    for n in smoothing:
+    for n, votes in rules:
         for threshold in thresholds:
             settings = DecisionSettings(
                 threshold=threshold,
                 smoothing_windows=n,
+                min_windows_above=votes,
                 margin=base.margin,
                 silence_windows=base.silence_windows,
             )
@@ -301,11 +338,37 @@ def sweep(
     return rows
 
 
+def rule_name(row: dict[str, Any]) -> str:
+    n, votes = row["smoothing_windows"], row.get("min_windows_above", 0)
+    return f"mean of {n}" + (f", {votes} of {n} above" if votes else "")
+
+
+def _is_default_rule(row: dict[str, Any], base: DecisionSettings) -> bool:
+    return (row["smoothing_windows"], row.get("min_windows_above", 0)) == (
+        base.smoothing_windows,
+        base.min_windows_above,
+    )
+
+
+def best_per_rule(rows: list[dict[str, Any]], ttd_target_s: float = TTD_TARGET_S) -> list[dict]:
+    """Per rule: the fewest false alarms/h whose median time to detect is at most the target
+    (ties: the lower miss rate). A median over detected spoofs only, so read the miss rate."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["ttd_median_s"] is None or r["ttd_median_s"] > ttd_target_s + 1e-9:
+            continue
+        name = rule_name(r)
+        key = (r["fa_per_hour"], r["miss_rate"])
+        if name not in best or key < (best[name]["fa_per_hour"], best[name]["miss_rate"]):
+            best[name] = {"rule": name, **r}
+    return sorted(best.values(), key=lambda r: (r["fa_per_hour"], r["miss_rate"]))
+
+
 def operating_points(
     rows: list[dict[str, Any]], default_threshold: float, base: DecisionSettings
 ) -> dict[str, Any]:
-    """Named points at the agent's default smoothing: the bundle default, N false alarms/h."""
-    at_default = [r for r in rows if r["smoothing_windows"] == base.smoothing_windows]
+    """Named points at the agent's default decision rule: the bundle default, N false alarms/h."""
+    at_default = [r for r in rows if _is_default_rule(r, base)]
     points: dict[str, Any] = {}
     bundle = min(at_default, key=lambda r: abs(r["threshold"] - default_threshold))
     points["eer_dev"] = {**bundle, "note": "the bundle's threshold (dev EER point)"}
@@ -320,6 +383,82 @@ def operating_points(
     return points
 
 
+def false_alarm_sources(
+    plan: StreamPlan,
+    windows: StreamWindows,
+    files: Sequence[ScoredFile],
+    settings: DecisionSettings,
+) -> dict[str, Any]:
+    """Where the false alarms at `settings` come from: which voices, which window of the
+    file, how loud the window that raised them was, and how bona fide windows score."""
+    decisions = replay_decisions(windows, settings)
+    _, entries = _entries(decisions)
+    first_of_segment = np.searchsorted(windows.segment, np.arange(len(plan.segments)))
+    entry_level = float(settings.threshold) + settings.margin
+    by_speaker: dict[str, dict[str, float]] = {}
+    for segment in plan.segments:
+        if segment.kind == "file" and segment.label == "bonafide":
+            f = files[segment.file_index]
+            row = by_speaker.setdefault(f.speaker or "?", {"alarms": 0, "hours": 0.0})
+            row["hours"] += f.duration_s / 3600.0
+    in_pauses = 0
+    position: dict[str, int] = {}
+    alarm_files: set[int] = set()
+    alarm_rms: list[float] = []
+    for j in np.flatnonzero(entries):
+        k = int(windows.segment[j])
+        segment = plan.segments[k]
+        if segment.kind != "file":
+            in_pauses += 1
+            continue
+        if segment.label != "bonafide":
+            continue
+        f = files[segment.file_index]
+        by_speaker[f.speaker or "?"]["alarms"] += 1
+        index = int(j - first_of_segment[k])
+        key = str(index) if index < settings.smoothing_windows + 3 else "later"
+        position[key] = position.get(key, 0) + 1
+        alarm_files.add(segment.file_index)
+        if f.rms_dbfs is not None:
+            alarm_rms.append(float(f.rms_dbfs[index]))
+    bona = [f for f in files if f.label == "bonafide"]
+    p = np.concatenate([f.p_spoof[~f.silent] for f in bona]) if bona else np.zeros(0)
+    levels = [f.rms_dbfs[~f.silent] for f in bona if f.rms_dbfs is not None]
+    rms = np.concatenate(levels) if levels else np.zeros(0)
+    quantiles = (0.1, 0.5, 0.9)
+    return {
+        "threshold": settings.threshold,
+        "entry_level": entry_level,
+        "false_alarms": int(sum(r["alarms"] for r in by_speaker.values())),
+        "in_pauses": in_pauses,
+        "by_speaker": {
+            name: {
+                "alarms": int(r["alarms"]),
+                "hours": round(r["hours"], 4),
+                "fa_per_hour": r["alarms"] / r["hours"] if r["hours"] else None,
+            }
+            for name, r in sorted(by_speaker.items())
+        },
+        "entry_window_index_in_file": dict(sorted(position.items(), key=lambda kv: kv[0])),
+        "first_full_history_index": settings.smoothing_windows - 1,
+        "unique_bonafide_files_alarming": len(alarm_files),
+        "unique_bonafide_files": len(
+            {s.file_index for s in plan.segments if s.label == "bonafide"}
+        ),
+        "entry_window_rms_dbfs_quantiles": (
+            {str(q): float(np.quantile(alarm_rms, q)) for q in quantiles} if alarm_rms else None
+        ),
+        "bonafide_window_rms_dbfs_quantiles": (
+            {str(q): float(np.quantile(rms, q)) for q in quantiles} if rms.size else None
+        ),
+        "bonafide_windows": int(p.size),
+        "bonafide_windows_at_entry_level": float(np.mean(p >= entry_level)) if p.size else None,
+        "bonafide_window_p_spoof_quantiles": (
+            {str(q): float(np.quantile(p, q)) for q in (0.5, 0.9, 0.99, 0.999)} if p.size else None
+        ),
+    }
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -329,8 +468,8 @@ class StreamReport:
     files: list[Path] = field(default_factory=list)
 
 
-def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str]]:
-    """(path, label) of the eval split of the dataset the bundle was trained on."""
+def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str, str]]:
+    """(path, label, speaker) of the eval split of the dataset the bundle was trained on."""
     from train.data import DatasetError, load_dataset
 
     trained_on = bundle.manifest.data.get("trained_on", {})
@@ -349,7 +488,7 @@ def eval_files(bundle: Bundle, data: Path | None) -> list[tuple[str, str]]:
         raise StreamBenchError(
             f"cannot read the eval split of the {fmt} dataset at {root}: {error}"
         ) from error
-    records = [(r.path, r.label) for r in dataset.records if r.split == "eval"]
+    records = [(r.path, r.label, r.speaker) for r in dataset.records if r.split == "eval"]
     if not records:
         raise StreamBenchError(f"{root}: the {fmt} dataset has no eval split")
     return records
@@ -372,7 +511,7 @@ def run(
         raise StreamBenchError(str(error)) from error
     scorer = Scorer(bundle, model_format)
     records = eval_files(bundle, data)
-    files = [score_file_windows(scorer, path, label) for path, label in records]
+    files = [score_file_windows(scorer, *record) for record in records]
     scored_s = time.perf_counter() - started
     windows_scored = int(sum(np.count_nonzero(~f.silent) for f in files))
     log(f"scored {len(files)} eval files ({windows_scored} windows) in {scored_s:.1f} s")
@@ -382,9 +521,12 @@ def run(
     extra = [bundle.manifest.threshold.far_target_value]
     thresholds = threshold_grid(scorer.threshold, base.margin, extra)
     replay_started = time.perf_counter()
-    rows = sweep(plan, windows, thresholds, SMOOTHING_SWEEP, base)
+    rows = sweep(plan, windows, thresholds, sweep_rules(base), base)
     replay_s = time.perf_counter() - replay_started
     points = operating_points(rows, scorer.threshold, base)
+    sources = false_alarm_sources(
+        plan, windows, files, base.with_threshold(points["eer_dev"]["threshold"])
+    )
     total_s = time.perf_counter() - started
     log(
         f"{plan.total_s / 3600:.2f} h of stream ({plan.bonafide_s / 3600:.2f} h bona fide, "
@@ -414,11 +556,14 @@ def run(
         },
         "decision_defaults": {
             "smoothing_windows": base.smoothing_windows,
+            "min_windows_above": base.min_windows_above,
             "margin": base.margin,
             "silence_windows": base.silence_windows,
         },
         "rows": rows,
         "operating_points": points,
+        "best_per_rule": {"ttd_median_target_s": TTD_TARGET_S, "rows": best_per_rule(rows)},
+        "false_alarm_sources": sources,
         "timings_s": {
             "score_files": round(scored_s, 2),
             "replay": round(replay_s, 2),
@@ -438,15 +583,49 @@ def render_table(report: dict[str, Any]) -> str:
         f"{report['model_format']}, {'calibrated' if report['calibrated'] else 'UNcalibrated'} "
         "P(spoof)",
         "",
-        "| point | threshold | smoothing | FA/h | miss rate | TTD median s | TTD p90 s |",
+        "| point | threshold | rule | FA/h | miss rate | TTD median s | TTD p90 s |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in report["operating_points"].items():
         lines.append(
-            f"| {name} | {r['threshold']:.4f} | {r['smoothing_windows']} | "
+            f"| {name} | {r['threshold']:.6f} | {rule_name(r)} | "
             f"{r['fa_per_hour']:.2f} | {100 * r['miss_rate']:.1f}% | {_s(r['ttd_median_s'])} | "
             f"{_s(r['ttd_p90_s'])} |"
         )
+    best = report.get("best_per_rule", {})
+    if best.get("rows"):
+        lines += [
+            "",
+            f"Fewest false alarms/h per decision rule with median time to detect <= "
+            f"{best['ttd_median_target_s']:g} s (median over detected spoofs: read the miss rate)",
+            "",
+            "| rule | threshold | FA/h | miss rate | detected <= 2 s | TTD median s | TTD p90 s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in best["rows"]:
+            lines.append(
+                f"| {r['rule']} | {r['threshold']:.6f} | {r['fa_per_hour']:.2f} | "
+                f"{100 * r['miss_rate']:.1f}% | {100 * r['detected_within_target']:.1f}% | "
+                f"{_s(r['ttd_median_s'])} | {_s(r['ttd_p90_s'])} |"
+            )
+    src = report.get("false_alarm_sources")
+    if src:
+        speakers = ", ".join(
+            f"{name} {r['alarms']} ({_s(r['fa_per_hour'])}/h)"
+            for name, r in src["by_speaker"].items()
+        )
+        positions = ", ".join(f"{k}: {v}" for k, v in src["entry_window_index_in_file"].items())
+        lines += [
+            "",
+            f"False alarms at threshold {src['threshold']:.4f} (entry level "
+            f"{src['entry_level']:.4f}): {src['false_alarms']} from "
+            f"{src['unique_bonafide_files_alarming']} of {src['unique_bonafide_files']} unique "
+            f"bona fide files, {src['in_pauses']} in pauses; by voice: {speakers}; by the "
+            f"entering window's index in its file (first full history: "
+            f"{src['first_full_history_index']}): {positions}. "
+            f"{100 * (src['bonafide_windows_at_entry_level'] or 0):.1f}% of bona fide windows "
+            "are at or above the entry level.",
+        ]
     t = report["timings_s"]
     lines += ["", f"scoring {t['score_files']} s, replay {t['replay']} s, total {t['total']} s"]
     return "\n".join(lines)
@@ -474,14 +653,14 @@ def write_outputs(report: dict[str, Any], out_dir: Path, stem: str) -> list[Path
         ("ttd", "ttd_median_s", "median time to detect, s"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for n in sorted({r["smoothing_windows"] for r in rows}):
+        for rule in dict.fromkeys(rule_name(r) for r in rows):
             pts = sorted(
                 (r["fa_per_hour"], r[y_key])
                 for r in rows
-                if r["smoothing_windows"] == n and r[y_key] is not None
+                if rule_name(r) == rule and r[y_key] is not None
             )
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", markersize=2, label=f"smoothing {n}")
+                ax.plot(*zip(*pts, strict=True), "o-", markersize=2, label=rule)
         for point, r in report["operating_points"].items():
             if r[y_key] is not None:
                 ax.plot(r["fa_per_hour"], r[y_key], "k*", markersize=8)
@@ -523,6 +702,7 @@ def write_into_bundle(bundle_dir: Path, report: dict[str, Any], pngs: Sequence[P
         {k: r[k] for k in ("threshold", "fa_per_hour", "miss_rate", "ttd_median_s", "ttd_p90_s")}
         for r in report["rows"]
         if r["smoothing_windows"] == report["decision_defaults"]["smoothing_windows"]
+        and r.get("min_windows_above", 0) == report["decision_defaults"]["min_windows_above"]
     ]
     manifest["operating_points"] = {
         "measured_by": "python -m benchmarks.stream --write-manifest",
@@ -545,15 +725,40 @@ def main(argv: list[str] | None = None) -> int:
         description="False alarms per hour, misses and time to detect of a bundle on long "
         "streams built from its eval split, through the device's decision code.",
     )
-    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "demo")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=REPO / "bundles" / "demo",
+        help="model bundle directory (default: bundles/demo)",
+    )
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset root (default: the manifest's)"
     )
-    parser.add_argument("--hours", type=float, default=DEFAULT_HOURS, help="bona fide hours")
-    parser.add_argument("--spoofs-per-hour", type=float, default=DEFAULT_SPOOFS_PER_HOUR)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--model", choices=("int8", "fp32"), default="int8")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=DEFAULT_HOURS,
+        help=f"hours of bona fide speech in the stream (default {DEFAULT_HOURS:g})",
+    )
+    parser.add_argument(
+        "--spoofs-per-hour",
+        type=float,
+        default=DEFAULT_SPOOFS_PER_HOUR,
+        help="spoof files inserted per hour of bona fide speech (default "
+        f"{DEFAULT_SPOOFS_PER_HOUR:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"stream seed (default {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--model", choices=("int8", "fp32"), default="int8", help="model format (default int8)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results",
+        help="output folder (default: benchmarks/results)",
+    )
     parser.add_argument(
         "--write-manifest",
         action="store_true",

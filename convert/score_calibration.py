@@ -123,6 +123,23 @@ def _fit(margins: np.ndarray, targets: np.ndarray, method: str) -> Calibration:
     return Calibration(method=method, a=float(a), b=float(b) if free_b else 0.0)
 
 
+def fit_map(
+    margins: np.ndarray, labels: np.ndarray, method: str, hard_labels: bool = False
+) -> Calibration:
+    """One map of `method` (temperature | platt) fitted on these margins: against Platt's
+    smoothed targets, or the 0/1 labels themselves with `hard_labels` (which diverges when
+    the margins separate the classes perfectly)."""
+    m = np.asarray(margins, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if m.size != y.size or set(np.unique(y).tolist()) != {0, 1}:
+        raise ValueError(
+            f"expected one 0/1 label per margin with both classes present, got {m.size} margins "
+            f"and labels {sorted(set(np.unique(y).tolist()))}"
+        )
+    targets = y.astype(np.float64) if hard_labels else platt_targets(y)
+    return _fit(m, targets, method)
+
+
 def _cv_nll(margins: np.ndarray, labels: np.ndarray, method: str) -> float:
     """Mean held-out NLL (hard labels) over CV_FOLDS seeded folds."""
     rng = np.random.default_rng(CV_SEED)

@@ -99,6 +99,14 @@ def resolve_threshold(
                 + ("" if points else " (none: run `python -m benchmarks.stream --write-manifest`)")
             )
         point = points[name]
+        measured = (point.get("smoothing_windows"), point.get("min_windows_above", 0))
+        in_force = (settings.decision.smoothing_windows, settings.decision.min_windows_above)
+        if measured[0] is not None and measured != in_force:
+            notes.append(
+                f"operating point {name!r} was measured with smoothing_windows {measured[0]} and "
+                f"min_windows_above {measured[1]}; [decision] has {in_force[0]} and "
+                f"{in_force[1]}: its false-alarm rate and miss rate do not hold for these settings"
+            )
         return (
             ThresholdChoice(
                 float(point["threshold"]),
@@ -241,13 +249,17 @@ def eval_stream_cost(manifest: Manifest, decision: DecisionSettings, threshold: 
             "no stream operating table in the manifest (run `python -m benchmarks.stream "
             "--write-manifest`): time-to-detect cost unknown"
         )
-    if measured.get("smoothing_windows") != decision.smoothing_windows or not math.isclose(
-        float(measured.get("margin", -1)), decision.margin
+    measured_votes = int(measured.get("min_windows_above", 0))  # absent: measured before K
+    if (
+        measured.get("smoothing_windows") != decision.smoothing_windows
+        or measured_votes != decision.min_windows_above
+        or not math.isclose(float(measured.get("margin", -1)), decision.margin)
     ):
         return (
             f"the manifest's stream table was measured with smoothing_windows "
-            f"{measured.get('smoothing_windows')} and margin {measured.get('margin')}; these "
-            f"settings differ ({decision.smoothing_windows}, {decision.margin}): cost unknown"
+            f"{measured.get('smoothing_windows')}, min_windows_above {measured_votes} and margin "
+            f"{measured.get('margin')}; these settings differ ({decision.smoothing_windows}, "
+            f"{decision.min_windows_above}, {decision.margin}): cost unknown"
         )
     above = [r for r in curve if r["threshold"] >= threshold - 1e-9]
     row = (

@@ -258,6 +258,14 @@ def _listen_options(listen: argparse.ArgumentParser) -> None:
         help=f"non-silent windows averaged for a decision (default {d.smoothing_windows})",
     )
     add(
+        "--min-windows-above",
+        type=int,
+        default=None,
+        metavar="K",
+        help="K of N votes: also require K of the last smoothing windows to be at or above "
+        f"threshold + margin to raise an alarm, 0 = off (default {d.min_windows_above})",
+    )
+    add(
         "--margin",
         type=float,
         default=None,
@@ -441,6 +449,7 @@ def listen_settings(args: argparse.Namespace) -> Settings:
             "source": source,
             "decision": {
                 "smoothing_windows": args.smoothing_windows,
+                "min_windows_above": args.min_windows_above,
                 "margin": args.margin,
                 "silence_windows": args.silence_windows,
             },
@@ -549,6 +558,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         false_alarms_per_hour=round(choice.fa_per_hour, 4),
         audio_s=round(scores.audio_s, 3),
         smoothing_windows=decision.smoothing_windows,
+        min_windows_above=decision.min_windows_above,
         margin=decision.margin,
         silence_windows=decision.silence_windows,
         model_sha256=model_sha256(manifest, m.model_format),

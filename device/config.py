@@ -3,8 +3,9 @@
     [model]     bundle, model_format (int8|fp32), num_threads, threshold, silence_floor_dbfs
     [source]    kind (mic|stdin|file), path, device, sample_rate, channels, chunk_ms,
                 queue_chunks, realtime, backoff_initial_s, backoff_max_s, max_seconds
-    [decision]  smoothing_windows, margin, silence_windows (DecisionSettings, also used by
-                device.stream: one type, one place for the defaults and their validation)
+    [decision]  smoothing_windows, min_windows_above, margin, silence_windows
+                (DecisionSettings, also used by device.stream: one type, one place for the
+                defaults and their validation)
     [device_calibration]  written by `clad-agent calibrate` (the room's threshold); used
                 when neither --threshold nor [model] threshold is given
     [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
@@ -71,6 +72,7 @@ class DeviceCalibrationSettings:
     false_alarms_per_hour: float = 0.0  # at `threshold`, on the audio it listened to
     audio_s: float = 0.0
     smoothing_windows: int = 0  # the decision settings it was measured with
+    min_windows_above: int = 0
     margin: float = 0.0
     silence_windows: int = 0
     model_sha256: str = ""  # the bundle model it was measured with; another model ignores it
@@ -103,8 +105,11 @@ class DecisionSettings:
     smoothed = mean P(spoof) of the last `smoothing_windows` non-silent windows (a mean of
     probabilities, not of logits, so one extreme window moves it by at most 1/N).
     Enter "spoof" when smoothed >= threshold + margin over a full history (N non-silent
-    windows since the last silence, so one odd window at an onset cannot raise it); leave
-    it when smoothed < threshold - margin. Otherwise a sound is "bonafide".
+    windows since the last silence, so one odd window at an onset cannot raise it) and, when
+    `min_windows_above` K > 0, at least K of those N windows are themselves at or above
+    threshold + margin (K of N votes: one extreme window cannot carry the mean alone; 0 =
+    the mean alone decides); leave it when smoothed < threshold - margin. Otherwise a sound
+    is "bonafide".
     `silence_windows` consecutive silent windows -> "silence", and the history starts
     afresh with the next sound. `threshold` None: the model's ([model] threshold or the
     manifest's); it is not a [decision] key. Values that make an alarm impossible (or
@@ -113,6 +118,7 @@ class DecisionSettings:
 
     threshold: float | None = None
     smoothing_windows: int = 3
+    min_windows_above: int = 0
     margin: float = 0.05
     silence_windows: int = 2
 
@@ -121,6 +127,11 @@ class DecisionSettings:
             raise ConfigError(
                 f"decision.smoothing_windows: expected 1-{MAX_SMOOTHING_WINDOWS}, got "
                 f"{self.smoothing_windows}"
+            )
+        if not 0 <= self.min_windows_above <= self.smoothing_windows:
+            raise ConfigError(
+                f"decision.min_windows_above: expected 0-{self.smoothing_windows} (at most "
+                f"smoothing_windows; 0 = off), got {self.min_windows_above}"
             )
         if not 1 <= self.silence_windows <= MAX_SILENCE_WINDOWS:
             raise ConfigError(

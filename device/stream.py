@@ -4,7 +4,7 @@
       -> to_mono, StreamingResampler (bit-exact with resample_poly on the whole stream)
       -> WindowRing: windows every hop, at exactly the starts `window_starts` gives a file
       -> silence gate + normalization (device.audio), Scorer (device.runtime)
-      -> Decider: smoothing over the last windows + hysteresis
+      -> Decider: smoothing over the last windows (+ K-of-N votes) + hysteresis
 
 so the scores of a stream's windows equal the file-mode window scores of the same audio.
 Decisions live apart from the model (like silero-vad's VADIterator): `Decider.update`
@@ -158,7 +158,9 @@ class Decision:
 
 
 class Decider:
-    """Smoothing + hysteresis over window scores. Starts in "silence" (nothing heard yet)."""
+    """Smoothing (+ K-of-N votes) + hysteresis over window scores (DecisionSettings says how).
+
+    Starts in "silence" (nothing heard yet)."""
 
     def __init__(self, settings: DecisionSettings) -> None:
         if settings.threshold is None:
@@ -169,6 +171,13 @@ class Decider:
         self._silent_run = 0
         self.decision = "silence"
         self.smoothed: float | None = None
+
+    def _votes(self) -> int:
+        """Windows of the history at or above the entry level (threshold + margin)."""
+        if not self.settings.min_windows_above:
+            return 0
+        entry = self.threshold + self.settings.margin
+        return sum(p >= entry for p in self._history)
 
     def update(self, p_spoof: float, silent: bool) -> Decision:
         s = self.settings
@@ -189,6 +198,7 @@ class Decider:
             elif (
                 len(self._history) == s.smoothing_windows
                 and self.smoothed >= self.threshold + s.margin
+                and self._votes() >= s.min_windows_above
             ):
                 self.decision = "spoof"
             else:

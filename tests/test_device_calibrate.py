@@ -154,3 +154,74 @@ def test_listen_reports_bundle_default_operating_point_and_a_stale_calibration(
         out.returncode == 2
         and "'nope' is not in the bundle's operating_points" in out.stderr.decode()
     )
+
+
+def test_k_of_n_votes_from_the_settings_file_and_the_flag(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """[decision] min_windows_above is used by calibrate and recorded with its choice; the
+    listen flag overrides it and the start event shows the rule in force."""
+    wav = write_wav(tmp_path / "room.wav", room(16000), 16000)
+    plain = _config(tmp_path / "plain", fixture_bundle)
+    out = run_device(["calibrate", "--config", str(plain), "--source", str(wav)])
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    voting = _config(tmp_path / "votes", fixture_bundle)
+    voting.write_text(voting.read_text() + "min_windows_above = 3\n")
+    out = run_device(["calibrate", "--config", str(voting), "--source", str(wav)])
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    with_votes = tomllib.loads(voting.read_text())["device_calibration"]
+    mean_only = tomllib.loads(plain.read_text())["device_calibration"]
+    assert with_votes["min_windows_above"] == 3 and mean_only["min_windows_above"] == 0
+    # Votes only remove alarms the mean would raise: the room needs no higher threshold.
+    assert with_votes["threshold"] <= mean_only["threshold"]
+
+    listen = ["listen", "--config", str(voting), "--source", str(wav), "--json"]
+    for extra, expected in (([], 3), (["--min-windows-above", "2"], 2)):
+        out = run_device([*listen, *extra])
+        assert out.returncode == 0, out.stderr.decode()[-2000:]
+        start = next(
+            e for e in map(json.loads, out.stdout.decode().splitlines()) if e["type"] == "start"
+        )
+        assert start["settings"]["decision"]["min_windows_above"] == expected
+    out = run_device([*listen, "--min-windows-above", "4"])
+    assert out.returncode == 2
+    assert "min_windows_above: expected 0-3" in out.stderr.decode()
+
+    # An operating point measured with another rule says so.
+    bundle = shutil.copytree(fixture_bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    point = {"threshold": 0.7, "fa_per_hour": 0.5, "miss_rate": 0.1, "smoothing_windows": 3}
+    manifest["operating_points"] = {"points": {"fa_1_per_hour": point}, "curve": []}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    config = tmp_path / "point.toml"
+    config.write_text(
+        f'[model]\nbundle = "{bundle}"\noperating_point = "fa_1_per_hour"\n\n'
+        "[decision]\nmin_windows_above = 3\n"
+    )
+    out = run_device(["listen", "--config", str(config), "--source", str(wav), "--quiet"])
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    stderr = out.stderr.decode()
+    assert "threshold 0.7000 from operating point (fa_1_per_hour" in stderr
+    assert "measured with smoothing_windows 3 and min_windows_above 0" in stderr
+
+
+def test_stream_cost_only_from_a_table_measured_with_the_same_rule(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    from device.calibrate import eval_stream_cost
+    from device.config import DecisionSettings
+
+    bundle = shutil.copytree(fixture_bundle, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    row = {"threshold": 0.6, "fa_per_hour": 2.0, "miss_rate": 0.25}
+    row |= {"ttd_median_s": 2.0, "ttd_p90_s": 2.5}
+    # An older table: no min_windows_above recorded, which means it was measured without.
+    table = {"decision": {"smoothing_windows": 3, "margin": 0.05}, "curve": [row]}
+    manifest["operating_points"] = table
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(bundle).manifest
+    mean_only = DecisionSettings(smoothing_windows=3, margin=0.05)
+    assert "2.00 false alarms/h, miss rate 25.0%" in eval_stream_cost(loaded, mean_only, 0.6)
+    votes = DecisionSettings(smoothing_windows=3, margin=0.05, min_windows_above=3)
+    cost = eval_stream_cost(loaded, votes, 0.6)
+    assert "min_windows_above 0" in cost and cost.endswith("cost unknown")

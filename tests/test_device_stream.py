@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from device.audio import frame, load_audio, window_starts
 from device.runtime import Scorer
-from device.stream import Chunk, Decider, DecisionSettings, StreamPipeline, WindowRing
+from device.stream import (
+    Chunk,
+    Decider,
+    DecisionSettings,
+    StreamPipeline,
+    WindowRing,
+    replay,
+)
 from tests.device_fixtures import bundle_for, noise, scenario, to_pcm16, tone, write_wav
 
 
@@ -110,6 +119,57 @@ def test_spoof_needs_a_full_history_after_silence() -> None:
     ]
 
 
+def test_k_of_n_votes_need_k_windows_above_the_entry_level() -> None:
+    # Entry level 0.55. The mean of (0.99, 0.99, 0.3) is 0.76: the mean alone (and 2 of 3)
+    # enter on it; 3 of 3 waits for three windows at or above 0.55 in a row.
+    steps = [(p, False) for p in (0.99, 0.99, 0.3, 0.99, 0.99, 0.99, 0.3)]
+    mean_only = DecisionSettings(threshold=0.5, smoothing_windows=3, margin=0.05)
+    two_of_three = DecisionSettings(
+        threshold=0.5, smoothing_windows=3, margin=0.05, min_windows_above=2
+    )
+    three_of_three = DecisionSettings(
+        threshold=0.5, smoothing_windows=3, margin=0.05, min_windows_above=3
+    )
+    assert _decide(mean_only, steps) == ["bonafide"] * 2 + ["spoof"] * 5
+    assert _decide(two_of_three, steps) == ["bonafide"] * 2 + ["spoof"] * 5
+    # 3 of 3 only once three loud windows are in a row; leaving is unchanged (mean < 0.45).
+    assert _decide(three_of_three, steps) == ["bonafide"] * 5 + ["spoof"] * 2
+
+
+def test_votes_count_windows_at_the_entry_level_not_the_threshold() -> None:
+    # 0.52 is above the threshold 0.5 but below the entry level 0.55: it is no vote.
+    steps = [(p, False) for p in (0.9, 0.9, 0.52)]
+    settings = DecisionSettings(
+        threshold=0.5, smoothing_windows=3, margin=0.05, min_windows_above=3
+    )
+    assert _decide(settings, steps) == ["bonafide"] * 3
+    assert _decide(dataclasses.replace(settings, min_windows_above=2), steps)[-1] == "spoof"
+
+
+def test_replay_applies_the_votes_like_the_decider() -> None:
+    rng = np.random.default_rng(7)
+    p = rng.random(400).tolist()
+    silent = (rng.random(400) < 0.2).tolist()
+    settings = DecisionSettings(
+        threshold=0.5, smoothing_windows=3, margin=0.05, min_windows_above=3
+    )
+    replayed = replay(p, silent, settings)
+    decider = Decider(settings)
+    direct = [decider.update(0.0 if s else x, s).decision for x, s in zip(p, silent, strict=True)]
+    assert replayed == direct
+    assert "spoof" in replayed  # the rule can fire on this sequence, so the test compares both
+    mean_only = replay(p, silent, dataclasses.replace(settings, min_windows_above=0))
+    # On this sequence the votes hold back alarms the mean alone raises.
+    assert _entries(replayed) < _entries(mean_only)
+
+
+def _entries(decisions: list[str]) -> int:
+    return sum(
+        d == "spoof" and b != "spoof"
+        for d, b in zip(decisions, ["silence", *decisions[:-1]], strict=True)
+    )
+
+
 def test_decision_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError, match="smoothing_windows"):
         DecisionSettings(threshold=0.5, smoothing_windows=0)
@@ -117,6 +177,10 @@ def test_decision_settings_reject_bad_values() -> None:
         DecisionSettings(threshold=1.5)
     with pytest.raises(ValueError, match="margin"):
         DecisionSettings(threshold=0.5, margin=0.7)
+    with pytest.raises(ValueError, match="min_windows_above: expected 0-3"):
+        DecisionSettings(threshold=0.5, smoothing_windows=3, min_windows_above=4)
+    with pytest.raises(ValueError, match="min_windows_above"):
+        DecisionSettings(threshold=0.5, min_windows_above=-1)
 
 
 @pytest.mark.parametrize(("rate", "channels"), [(48000, 1), (44100, 2), (16000, 1)])

@@ -13,6 +13,7 @@ import pytest
 from convert.score_calibration import (
     expected_calibration_error,
     fit_calibration,
+    fit_map,
     manifest_entry,
     plot_reliability,
 )
@@ -74,6 +75,19 @@ def test_a_perfectly_separated_dev_split_gets_a_finite_slope() -> None:
 def test_fit_refuses_one_class() -> None:
     with pytest.raises(ValueError, match="both classes"):
         fit_calibration(np.zeros(4), np.zeros(4, dtype=np.int64))
+
+
+def test_fit_map_fits_one_method_with_either_target() -> None:
+    m, y = overconfident(800, seed=3, shift=8.0)
+    platt = fit_map(m, y, "platt")
+    assert platt == fit_calibration(m, y).calibration  # what the chooser fits for platt
+    temperature = fit_map(m, y, "temperature")
+    assert temperature.method == "temperature" and temperature.b == 0.0
+    hard = fit_map(m, y, "platt", hard_labels=True)
+    # Platt's targets pull P(spoof) off 0 and 1: the fit on 0/1 labels is at least as sharp.
+    assert hard.a >= platt.a and hard.b == pytest.approx(-8.0 / 6.0, rel=0.25)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_map(m, np.ones_like(y), "platt")
 
 
 def test_ece_of_perfect_and_worst_scores() -> None:
