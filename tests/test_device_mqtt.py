@@ -18,7 +18,7 @@ from device.config import ConfigError, MqttSettings, Settings, load_settings
 from device.mqtt import MqttPublisher, parse_mqtt_url
 from device.outbox import Spool
 from tests.brokers import Message, Mosquitto, Subscriber
-from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
+from tests.device_fixtures import REPO, device_env, json_lines, listen_on_file, scenario, write_wav
 
 NODE = "testpi"
 BASE = f"clad/{NODE}"
@@ -247,11 +247,6 @@ def test_mqtt_settings_are_checked_and_the_password_never_echoed(tmp_path: Path)
     assert Settings().to_dict()["mqtt"]["password"] == ""
 
 
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
-
-
 def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path) -> None:
     """`clad-agent listen --mqtt`: the broker gets the same decision events as stdout."""
     audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
@@ -259,16 +254,8 @@ def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path)
         sub = Subscriber(broker.port, ["clad/#"])
         config = tmp_path / "agent.toml"
         config.write_text(f'[mqtt]\nnode_id = "{NODE}"\nspool = "{tmp_path / "spool.sqlite3"}"\n')
-        out = subprocess.run(
-            [
-                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
-                *("--source", str(audio), "--json", "--config", str(config)),
-                *("--mqtt", f"mqtt://127.0.0.1:{broker.port}"),
-            ],
-            cwd=REPO,
-            env=device_env(),
-            capture_output=True,
-            timeout=60,
+        out = listen_on_file(
+            fixture_bundle, audio, config, "--mqtt", f"mqtt://127.0.0.1:{broker.port}"
         )
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]

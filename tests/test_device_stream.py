@@ -8,12 +8,7 @@ import pytest
 from device.audio import frame, load_audio, window_starts
 from device.runtime import Scorer
 from device.stream import Chunk, Decider, DecisionSettings, StreamPipeline, WindowRing
-from tests.device_fixtures import bundle_for, noise, scenario, to_pcm16, tone, write_wav
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest):
-    return bundle_for(request)
+from tests.device_fixtures import noise, scenario, to_pcm16, tone, write_wav
 
 
 @pytest.fixture(scope="module")
