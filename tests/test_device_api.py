@@ -327,6 +327,17 @@ def raw_exchange(server: ApiServer, data: bytes, timeout_s: float = 10.0) -> byt
     return b"".join(chunks)
 
 
+def poll(get, done, timeout_s: float = 30.0):
+    """`get()` every 20 ms until `done(result)`; the last result. The timeout only stops a
+    hang: how soon the server gets there is not asserted (a loaded machine is slow)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = get()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.02)
+
+
 def status_of(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 
@@ -398,11 +409,11 @@ def test_slowloris_headers_time_out_and_free_the_slot(scorer: Scorer, state: Age
         with socket.create_connection(server.address, timeout=10) as slow:
             slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never ends
             assert slow.recv(65536) == b""  # the server hung up on the silent client
-        for _ in range(100):  # the slot is freed once the handler thread has finished
-            response = raw_exchange(server, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
-            if status_of(response) == 200:
-                break
-            time.sleep(0.02)
+        # the slot is freed once the handler thread has finished
+        response = poll(
+            lambda: raw_exchange(server, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            lambda response: status_of(response) == 200,
+        )
         assert status_of(response) == 200
     finally:
         server.stop()
@@ -440,11 +451,10 @@ def test_connections_over_the_cap_get_503_with_retry_after(
         assert "too many connections (the limit is 2)" in json_body(response)["error"]
         for conn in idle:
             conn.close()
-        for _ in range(100):
-            response = raw_exchange(server, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
-            if status_of(response) == 200:
-                break
-            time.sleep(0.02)
+        response = poll(
+            lambda: raw_exchange(server, b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            lambda response: status_of(response) == 200,
+        )
         assert b"clad_api_refused_connections_total " in response
         assert b"clad_api_refused_connections_total 0\n" not in response
     finally:
@@ -458,11 +468,10 @@ def test_concurrent_scoring_is_capped_with_503(scorer: Scorer, state: AgentState
     slow = socket.create_connection(server.address, timeout=10)
     try:
         slow.sendall(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nRIFF")
-        for _ in range(100):  # until the slow upload holds the only scoring slot
-            status, headers, body = request(server, "POST", "/score", b"x" * 10)
-            if status == 503:
-                break
-            time.sleep(0.02)
+        # until the slow upload holds the only scoring slot
+        status, headers, body = poll(
+            lambda: request(server, "POST", "/score", b"x" * 10), lambda reply: reply[0] == 503
+        )
         assert status == 503 and headers["Retry-After"] == "1"
         assert "1 upload(s) already being scored" in json.loads(body)["error"]
         slow.sendall(b"\0" * 996)
