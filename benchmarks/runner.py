@@ -140,7 +140,6 @@ class Row:
     results: list[dict[str, Any]] = field(default_factory=list)
     cold_starts_ms: list[float] = field(default_factory=list)
     cold_start_stages: list[dict[str, float]] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -674,7 +673,6 @@ def _label(row: Row) -> str:
 def _absorb(row: Row, result: dict[str, Any], spawn_ns: int, round_index: int) -> None:
     status = result.get("status")
     if status == "ok":
-        row.latencies_ms.extend(result["latencies_ms"])
         first = result.get("first_score_monotonic_ns")
         if isinstance(first, int):
             row.cold_starts_ms.append((first - spawn_ns) / 1e6)
