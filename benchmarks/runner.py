@@ -17,14 +17,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +43,7 @@ from benchmarks.machine import Peak, derive_peaks, read_cpu_info
 from benchmarks.parity import Accuracy, accuracy_by_row, accuracy_for
 from benchmarks.pi_estimate import estimate_report
 from benchmarks.worker import RESULT_MARKER
-from device.audio import SAMPLE_RATE, normalize_windows
+from device import measure
 from device.bundle import Bundle, BundleError, load_bundle, sha256_of
 from device.scores import p_spoof
 
@@ -142,7 +140,6 @@ class Row:
     results: list[dict[str, Any]] = field(default_factory=list)
     cold_starts_ms: list[float] = field(default_factory=list)
     cold_start_stages: list[dict[str, float]] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -302,19 +299,6 @@ def _verify_file(bundle: Bundle, name: str) -> str:
 # --------------------------------------------------------------------------- inputs
 
 
-def benchmark_windows(window_samples: int, count: int, seed: int = 0) -> np.ndarray:
-    """Normalized windows of speech-band tones in noise: the same inputs for every row."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(window_samples) / SAMPLE_RATE
-    windows = []
-    for i in range(count):
-        f0 = 110.0 + 40.0 * i
-        voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 + i) * t)
-        windows.append(envelope * voiced + 0.05 * (1 + i % 3) * rng.standard_normal(t.size))
-    return normalize_windows(np.asarray(windows, dtype=np.float32))
-
-
 # --------------------------------------------------------------------------- workers
 
 
@@ -436,20 +420,6 @@ def best_rates(*measurements: dict[int, float | None]) -> dict[int, float | None
 # --------------------------------------------------------------------------- aggregation
 
 
-def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    quantiles = (1, 5, 10, 25, 50, 75, 90, 95, 99)
-    stats = {f"p{q}": float(np.percentile(values, q)) for q in quantiles}
-    stats.update(
-        median=stats["p50"],
-        mean=float(values.mean()),
-        min=float(values.min()),
-        max=float(values.max()),
-        n=int(values.size),
-    )
-    return stats
-
-
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
@@ -464,71 +434,35 @@ def summarize_row(
     accuracy: Accuracy,
 ) -> dict[str, Any]:
     acc = accuracy_for(accuracy, row.format.key, row.environment.key, row.runtime.distribution)
-    out: dict[str, Any] = {
-        "key": row.key,
-        "format": row.format.key,
-        "format_label": row.format.label,
-        "precision": row.format.precision,
-        "runtime": row.runtime.key,
-        "environment": row.environment.key,
-        "python": row.python,
-        "threads": row.threads,
-        "status": row.status,
-        "reason": row.reason,
-        "model_file": row.model_file,
-        "size_bytes": row.size_bytes,
-        "eer": acc.get("eer"),
-        "agreement": acc.get("agreement"),
-        "runtime_version": None,
-        "latency_ms": None,
-        "round_medians_ms": [],
-        "round_spread": None,
-        "rtf": None,
-        "cold_start_ms": None,
-        "cold_starts_ms": [],
-        "cold_start_stages_ms": {},
-        "load_ms": None,
-        "cpu_ms_per_window": None,
-        "peak_rss_bytes": None,
-        "macs_per_s": None,
-        "efficiency": None,
-        "speedup_vs_pytorch": None,
-        "logits": None,
-    }
     versions = {r.get("runtime_version") for r in row.results if r.get("runtime_version")}
-    if versions:
-        out["runtime_version"] = ", ".join(sorted(versions))
     rss = [r["peak_rss_bytes"] for r in row.results if r.get("peak_rss_bytes")]
-    if rss:
-        out["peak_rss_bytes"] = max(rss)
+    out = measure.empty_row(
+        key=row.key,
+        format=row.format.key,
+        format_label=row.format.label,
+        precision=row.format.precision,
+        runtime=row.runtime.key,
+        environment=row.environment.key,
+        python=row.python,
+        threads=row.threads,
+        status=row.status,
+        reason=row.reason,
+        model_file=row.model_file,
+        size_bytes=row.size_bytes,
+        eer=acc.get("eer"),
+        agreement=acc.get("agreement"),
+        runtime_version=", ".join(sorted(versions)) if versions else None,
+        peak_rss_bytes=max(rss) if rss else None,
+    )
     if row.status != "ok":
         return out
-    stats = latency_stats(row.latencies_ms)
-    medians = [float(np.median(r["latencies_ms"])) for r in row.results if r.get("latencies_ms")]
-    median_ms = stats["median"]
-    peak = peaks.get((row.format.precision, row.threads))
-    macs_per_s = macs_per_window / (median_ms / 1000.0) if macs_per_window else None
     out.update(
-        latency_ms=stats,
-        round_medians_ms=medians,
-        round_spread=(max(medians) - min(medians)) / median_ms if len(medians) > 1 else 0.0,
-        rtf=median_ms / 1000.0 / hop_s,
-        cold_start_ms=statistics.median(row.cold_starts_ms) if row.cold_starts_ms else None,
-        cold_starts_ms=row.cold_starts_ms,
-        cold_start_stages_ms={
-            stage: statistics.median(s[stage] for s in row.cold_start_stages)
-            for stage in (row.cold_start_stages[0] if row.cold_start_stages else {})
-        },
-        load_ms=statistics.median(r["load_ms"] for r in row.results),
-        cpu_ms_per_window=statistics.median(
-            r["cpu_ms_per_window"] for r in row.results if "cpu_ms_per_window" in r
+        measure.measured_fields(
+            row.results, row.cold_starts_ms, row.cold_start_stages, hop_s, macs_per_window
         )
-        if any("cpu_ms_per_window" in r for r in row.results)
-        else None,
-        macs_per_s=macs_per_s,
-        efficiency=_ratio(macs_per_s, peak.macs_per_s if peak else None),
-        logits=row.results[0].get("logits"),
     )
+    peak = peaks.get((row.format.precision, row.threads))
+    out["efficiency"] = _ratio(out["macs_per_s"], peak.macs_per_s if peak else None)
     return out
 
 
@@ -623,28 +557,72 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
     except BundleError as error:
         raise BenchmarkError(str(error)) from error
     started = datetime.now().astimezone()
-    load_before = _loadavg()
+    load_before = measure.loadavg()
     cpu = read_cpu_info()
-    manifest = bundle.manifest
     rows = plan_rows(bundle, settings, cpu.cores)
-    thread_counts = settings.thread_counts(cpu.cores)
+    measured, peak_problems = _run_rows(bundle, settings, rows, cpu.cores, progress)
+    peaks = derive_peaks(cpu, measured)
+    accuracy, accuracy_note = read_accuracy(bundle)
+    manifest = bundle.manifest
+    summaries = [
+        summarize_row(r, manifest.audio.hop_s, manifest.macs_per_window, peaks, accuracy)
+        for r in rows
+    ]
+    add_ratios(summaries)
+    add_agreement_check(summaries)
+    finished = datetime.now().astimezone()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": started.isoformat(timespec="seconds"),
+        "duration_s": round((finished - started).total_seconds(), 1),
+        "host": socket.gethostname(),
+        "machine": measure.machine_summary(cpu.to_dict(), load_before),
+        "bundle": measure.bundle_summary(bundle),
+        "settings": {
+            "rounds": settings.rounds,
+            "seconds_per_row": settings.seconds_per_row,
+            "warmup_s": settings.warmup_s,
+            "threads": list(settings.thread_counts(cpu.cores)),
+            "only": list(settings.only),
+        },
+        "definitions": DEFINITIONS,
+        "peaks": [
+            {**_peak_dict(p), "problem": peak_problems.get(p.threads, "")} for p in peaks.values()
+        ],
+        "accuracy_source": accuracy_note,
+        "pi_estimate": estimate_report(manifest.macs_per_window, manifest.audio.hop_s),
+        "rows": summaries,
+        "comparisons": comparisons(summaries),
+    }
+
+
+def _run_rows(
+    bundle: Bundle,
+    settings: BenchSettings,
+    rows: list[Row],
+    cores: int,
+    progress: Progress | None,
+) -> tuple[dict[int, float | None], dict[int, str]]:
+    """Run every runnable row's workers, round by round (every other round in reverse order),
+    between two measurements of the fp32 compute peak; the rows fill in. Returns the peak
+    rates per thread count and the problems of those that could not be measured."""
+    thread_counts = settings.thread_counts(cores)
     runnable = [r for r in rows if r.status == "pending"]
     total = len(runnable) * settings.rounds + (
         2 * len(thread_counts) if settings.measure_peak else 0
     )
     done = 0
     notify = progress or (lambda *_: None)
-
+    measured: dict[int, float | None] = dict.fromkeys(thread_counts)
+    peak_problems: dict[int, str] = {}
     with tempfile.TemporaryDirectory(prefix="clad-bench-") as tmp:
         windows_path = Path(tmp) / "windows.npy"
-        np.save(
-            windows_path,
-            benchmark_windows(manifest.audio.window_samples, max(1, settings.check_windows)),
+        windows = measure.bench_windows(
+            bundle.manifest.audio.window_samples, max(1, settings.check_windows)
         )
+        np.save(windows_path, windows)
         for row in runnable:
             row.spec = _row_spec(row, settings, windows_path, bundle)
-        measured: dict[int, float | None] = dict.fromkeys(thread_counts)
-        peak_problems: dict[int, str] = {}
         if settings.measure_peak:
             # Before and after the rows (the best of both): one moment of load on a shared
             # machine does not lower the peak every row is compared with.
@@ -670,66 +648,21 @@ def run_benchmark(settings: BenchSettings, progress: Progress | None = None) -> 
             peak_problems = {t: p for t, p in again_problems.items() if measured.get(t) is None}
             done += len(thread_counts)
         notify("done", total, total)
+    return measured, peak_problems
 
-    peaks = derive_peaks(cpu, measured)
-    accuracy, accuracy_note = read_accuracy(bundle)
-    summaries = [
-        summarize_row(r, manifest.audio.hop_s, manifest.macs_per_window, peaks, accuracy)
-        for r in rows
-    ]
-    add_ratios(summaries)
-    add_agreement_check(summaries)
-    finished = datetime.now().astimezone()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created": started.isoformat(timespec="seconds"),
-        "duration_s": round((finished - started).total_seconds(), 1),
-        "host": socket.gethostname(),
-        "machine": {
-            "cpu": cpu.to_dict(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_before": load_before,
-            "loadavg_after": _loadavg(),
-        },
-        "bundle": {
-            "path": str(bundle.root),
-            "model": manifest.model_name,
-            "parameters": manifest.parameters,
-            "macs_per_window": manifest.macs_per_window,
-            "window_samples": manifest.audio.window_samples,
-            "hop_samples": manifest.audio.hop_samples,
-            "sample_rate": manifest.audio.sample_rate,
-            "hop_ms": manifest.audio.hop_s * 1000.0,
-            "files": {name: entry.sha256 for name, entry in manifest.files.items()},
-        },
-        "settings": {
-            "rounds": settings.rounds,
-            "seconds_per_row": settings.seconds_per_row,
-            "warmup_s": settings.warmup_s,
-            "threads": list(thread_counts),
-            "only": list(settings.only),
-        },
-        "definitions": {
-            "latency": LATENCY_DEFINITION,
-            "rtf": RTF_DEFINITION,
-            "cold_start": COLD_START_DEFINITION,
-            "rss": RSS_DEFINITION,
-            "efficiency": EFFICIENCY_DEFINITION,
-            "speedup_vs_pytorch": "PyTorch eager median latency / the row's median latency, "
-            "same thread count",
-            "round_spread": "(max - min) of the per-round medians / the pooled median",
-            "cpu_ms_per_window": "CPU time of the worker process (all threads) per window, "
-            "median over rounds: the work itself; a latency far above it means waiting for a core",
-        },
-        "peaks": [
-            {**_peak_dict(p), "problem": peak_problems.get(p.threads, "")} for p in peaks.values()
-        ],
-        "accuracy_source": accuracy_note,
-        "pi_estimate": estimate_report(manifest.macs_per_window, manifest.audio.hop_s),
-        "rows": summaries,
-        "comparisons": comparisons(summaries),
-    }
+
+DEFINITIONS = {
+    "latency": LATENCY_DEFINITION,
+    "rtf": RTF_DEFINITION,
+    "cold_start": COLD_START_DEFINITION,
+    "rss": RSS_DEFINITION,
+    "efficiency": EFFICIENCY_DEFINITION,
+    "speedup_vs_pytorch": "PyTorch eager median latency / the row's median latency, "
+    "same thread count",
+    "round_spread": "(max - min) of the per-round medians / the pooled median",
+    "cpu_ms_per_window": "CPU time of the worker process (all threads) per window, "
+    "median over rounds: the work itself; a latency far above it means waiting for a core",
+}
 
 
 def _label(row: Row) -> str:
@@ -740,22 +673,12 @@ def _label(row: Row) -> str:
 def _absorb(row: Row, result: dict[str, Any], spawn_ns: int, round_index: int) -> None:
     status = result.get("status")
     if status == "ok":
-        row.latencies_ms.extend(result["latencies_ms"])
         first = result.get("first_score_monotonic_ns")
         if isinstance(first, int):
             row.cold_starts_ms.append((first - spawn_ns) / 1e6)
-        stages = result.get("stages_monotonic_ns") or {}
-        if all(
-            isinstance(stages.get(k), int) for k in ("main", "imported", "loaded", "first_score")
-        ):
-            row.cold_start_stages.append(
-                {
-                    "interpreter_ms": (stages["main"] - spawn_ns) / 1e6,
-                    "runtime_import_ms": (stages["imported"] - stages["main"]) / 1e6,
-                    "model_load_ms": (stages["loaded"] - stages["imported"]) / 1e6,
-                    "first_inference_ms": (stages["first_score"] - stages["loaded"]) / 1e6,
-                }
-            )
+        stages = measure.cold_start_stages(result.get("stages_monotonic_ns") or {}, spawn_ns)
+        if stages is not None:
+            row.cold_start_stages.append(stages)
         if row.status == "pending":
             row.status = "ok"
     elif status == "skipped":
@@ -773,13 +696,6 @@ def _peak_dict(peak: Peak) -> dict[str, Any]:
         "flags_macs_per_s": peak.flags_macs_per_s,
         "derivation": peak.derivation,
     }
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def results_stem(report: dict[str, Any]) -> str:

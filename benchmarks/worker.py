@@ -19,12 +19,9 @@ the device venvs, where there is no torch, onnx or tensorflow.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
-import platform
-import resource
 import sys
 import time
 import traceback
@@ -34,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.formats import FORMATS, RUNTIMES, Runtime
+from device.measure import timed_windows, worker_identity
 
 RESULT_MARKER = "@@clad-bench-result@@ "
 
@@ -153,11 +151,6 @@ LOADERS: dict[str, Callable[[dict[str, Any], Any], Predict]] = {
 # --------------------------------------------------------------------------- measuring
 
 
-def peak_rss_bytes() -> int:
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(usage if sys.platform == "darwin" else usage * 1024)  # Linux reports KiB
-
-
 def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
     """Cold-start stages are CLOCK_MONOTONIC stamps, which the parent compares with its
     spawn time: main_ns (interpreter and numpy up), imported_ns (the runtime imported),
@@ -176,34 +169,7 @@ def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
         np.asarray(predict(w), dtype=np.float32) for w in windows[1 : int(spec["check_windows"])]
     ]
 
-    count = len(windows)
-    warmup_end = time.perf_counter() + float(spec["warmup_s"])
-    i = 0
-    while time.perf_counter() < warmup_end or i < int(spec["warmup_min_runs"]):
-        predict(windows[i % count])
-        i += 1
-    warmup_runs = i
-
-    latencies_ns: list[int] = []
-    min_runs, max_runs = int(spec["min_runs"]), int(spec["max_runs"])
-    measure_end = time.perf_counter() + float(spec["measure_s"])
-    clock = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    cpu_start_s = time.process_time()
-    try:
-        i = 0
-        while len(latencies_ns) < max_runs and (
-            len(latencies_ns) < min_runs or time.perf_counter() < measure_end
-        ):
-            window = windows[i % count]
-            start = clock()
-            predict(window)
-            latencies_ns.append(clock() - start)
-            i += 1
-    finally:
-        cpu_s = time.process_time() - cpu_start_s
-        gc.enable()
+    timed = timed_windows(predict, windows, spec)
     return {
         "status": "ok",
         "reason": "",
@@ -216,11 +182,7 @@ def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
             "loaded": loaded_ns,
             "first_score": first_score_ns,
         },
-        "latencies_ms": [ns / 1e6 for ns in latencies_ns],
-        "warmup_runs": warmup_runs,
-        # CPU time of the whole process (all its threads) per window: the work, apart from
-        # waiting for a core; far below the latency means the machine was busy.
-        "cpu_ms_per_window": cpu_s * 1000.0 / max(1, len(latencies_ns)),
+        **timed,  # latencies_ms, warmup_runs, cpu_ms_per_window
         "logits": np.stack(logits).astype(float).tolist(),
     }
 
@@ -264,13 +226,7 @@ def run(spec: dict[str, Any], main_ns: int = 0) -> dict[str, Any]:
         last = traceback.extract_tb(error.__traceback__)[-1:]
         where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error}{where}"}
-    result.update(
-        python=platform.python_version(),
-        executable=sys.executable,
-        numpy_version=np.__version__,
-        peak_rss_bytes=peak_rss_bytes(),
-        pid=os.getpid(),
-    )
+    result.update(worker_identity(), pid=os.getpid())
     return result
 
 

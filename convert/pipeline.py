@@ -56,7 +56,7 @@ from convert.export import (
     torch_logits,
 )
 from convert.litert import DelegationReport, delegation_report, measure_latency, tensor_specs
-from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob
+from convert.tflite import IO_DTYPE_INT8, Onnx2tfJob, TfliteConversion
 from device.bundle import MANIFEST_NAME, MODEL_FILES, TensorSpec
 from device.runtimes import (
     DEVICE_VENVS,
@@ -303,7 +303,7 @@ def _venv_distribution(venv: str) -> str:
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass
+@dataclass(frozen=True)
 class _TfliteFiles:
     fp32_path: Path
     int8_path: Path
@@ -312,30 +312,72 @@ class _TfliteFiles:
     latency: dict[str, Any]
 
 
-class _Conversion:
-    """One conversion's state, one method per step (convert_run calls them in order)."""
+@dataclass(frozen=True)
+class _Loaded:
+    """Step 1: the run, its dataset records and the scoring settings of its checkpoint."""
 
-    def __init__(
-        self,
-        settings: ConvertSettings,
-        staging: Path,
-        work_dir: Path,
-        calibration: CalibrationSet | None,
-        log: Log,
-    ) -> None:
+    run: LoadedRun
+    records: list[Any]
+    dataset_summary: dict[str, Any]
+    window_samples: int
+    hop_samples: int
+    floor_dbfs: float
+
+
+@dataclass(frozen=True)
+class _DevThresholds:
+    """Step 4: the dev thresholds, the score calibration fitted on dev, and the dev margins."""
+
+    thresholds: par.Thresholds
+    score_calibration: Any
+    source: str
+    margins: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Step 5: the eval windows and the torch (reference) and onnxruntime rows."""
+
+    evaluation: par.ScoringSet
+    reference: par.Row
+    rows: list[par.Row]
+
+
+@dataclass(frozen=True)
+class _Report:
+    """Step 10: the parity gate's outcome, parity.json's content, the table and the plots."""
+
+    checks: list[par.GateCheck]
+    passed: bool
+    table: str
+    parity_report: dict[str, Any]
+    plots: list[Path]
+
+
+@dataclass(frozen=True)
+class _ManifestFacts:
+    """What every manifest of one conversion says about the model, data and tools."""
+
+    loaded: _Loaded
+    calibration: CalibrationSet
+    dev: _DevThresholds
+    evaluation: par.ScoringSet
+    conversion: TfliteConversion
+
+
+class _Conversion:
+    """One conversion's steps. Each step returns a frozen result that the later steps take as
+    arguments (convert_run passes them in order); the only state kept here is what runs in the
+    background (the onnx2tf job and the device-venv workers), so that it can be cancelled."""
+
+    def __init__(self, settings: ConvertSettings, staging: Path, work_dir: Path, log: Log) -> None:
         self.settings = settings
         self.staging = staging
         self.work_dir = work_dir
-        self.calibration = calibration
         self.log = log
         self.job: Onnx2tfJob | None = None
         self.venv_jobs: list[par.DeviceVenvJob] = []
-        self.rows: list[par.Row] = []
-
-    def _calibration(self) -> CalibrationSet:
-        if self.calibration is None:
-            raise ConversionError("calibration windows were not drawn before they were needed")
-        return self.calibration
 
     def cancel_background(self) -> None:
         if self.job is not None:
@@ -345,120 +387,120 @@ class _Conversion:
 
     # ------------------------------------------------------------------ steps
 
-    def load(self) -> None:
+    def load(self) -> _Loaded:
         import torch
 
-        self.run = load_run(self.settings.run_dir, self.settings.checkpoint_name)
-        self.records, self.dataset_summary = load_records(self.run.config)
-        scoring = self.run.checkpoint.scoring
-        self.window_samples = int(scoring["window_samples"])
-        self.hop_samples = int(scoring["hop_samples"])
-        self.floor_dbfs = float(scoring["silence_floor_dbfs"])
+        run = load_run(self.settings.run_dir, self.settings.checkpoint_name)
+        records, dataset_summary = load_records(run.config)
+        scoring = run.checkpoint.scoring
         torch.manual_seed(0)
+        return _Loaded(
+            run=run,
+            records=records,
+            dataset_summary=dataset_summary,
+            window_samples=int(scoring["window_samples"]),
+            hop_samples=int(scoring["hop_samples"]),
+            floor_dbfs=float(scoring["silence_floor_dbfs"]),
+        )
 
-    def draw_calibration(self) -> None:
-        if self.calibration is None:
-            self.calibration = draw_calibration_windows(
-                self.records,
-                self.window_samples,
-                max(1, min(self.hop_samples, self.window_samples // 8)),
-                self.floor_dbfs,
+    def draw_calibration(self, loaded: _Loaded, given: CalibrationSet | None) -> CalibrationSet:
+        c = given
+        if c is None:
+            c = draw_calibration_windows(
+                loaded.records,
+                loaded.window_samples,
+                max(1, min(loaded.hop_samples, loaded.window_samples // 8)),
+                loaded.floor_dbfs,
                 windows=self.settings.calibration_windows,
                 seed=self.settings.calibration_seed,
             )
-        c = self.calibration
         self.log(
             f"           {c.windows.shape[0]} windows from {c.files} files, by label "
             f"{c.by_label}, by attack {c.by_attack}"
         )
+        return c
 
-    def export_and_start_tflite(self) -> None:
-        self.onnx_path = export_onnx(
-            self.run.model, self.window_samples, self.staging / MODEL_FILES["onnx"]
+    def export_and_start_tflite(self, loaded: _Loaded, calibration: CalibrationSet) -> Path:
+        """model.onnx in the staging folder; onnx2tf and the quantization start on it."""
+        onnx_path = export_onnx(
+            loaded.run.model, loaded.window_samples, self.staging / MODEL_FILES["onnx"]
         )
-        self.job = Onnx2tfJob(
-            self.onnx_path, self._calibration().windows, self.work_dir / "tflite"
-        ).start()
+        self.job = Onnx2tfJob(onnx_path, calibration.windows, self.work_dir / "tflite").start()
         self.log(
             f"           onnx2tf + int8 quantization started in the background ({self.job.work_dir})"
         )
+        return onnx_path
 
-    def choose_thresholds(self) -> None:
-        dev_records = [r for r in self.records if r.split == "dev"]
+    def choose_thresholds(self, loaded: _Loaded) -> _DevThresholds:
+        dev_records = [r for r in loaded.records if r.split == "dev"]
         labels = np.array([r.target for r in dev_records], dtype=np.int64)
-        margins, self.dev_source = _dev_margins(
-            self.run,
+        margins, source = _dev_margins(
+            loaded.run,
             dev_records,
-            self.window_samples,
-            self.hop_samples,
-            self.floor_dbfs,
+            loaded.window_samples,
+            loaded.hop_samples,
+            loaded.floor_dbfs,
             self.settings,
             self.log,
         )
-        self.thresholds = par.thresholds_from_margins(margins, labels, self.settings.far_target)
-        self.score_calibration = _fit_score_calibration(margins, labels, self.log)
-        self.dev_margins, self.dev_labels = margins, labels
-        t = self.thresholds
+        t = par.thresholds_from_margins(margins, labels, self.settings.far_target)
+        score_calibration = _fit_score_calibration(margins, labels, self.log)
         self.log(
             f"           dev EER {100 * t.eer:.2f}% at P(spoof) >= {t.eer_p_spoof:.4f}; "
             f"{100 * t.far_target:g}% false-alarm threshold {t.far_p_spoof:.4f} "
-            f"({self.dev_source})"
+            f"({source})"
         )
+        return _DevThresholds(t, score_calibration, source, margins, labels)
 
-    def score_reference_rows(self) -> None:
+    def score_reference_rows(self, loaded: _Loaded, onnx_path: Path) -> _Reference:
         import onnxruntime
         import torch
 
-        eval_records = [r for r in self.records if r.split == "eval"]
+        eval_records = [r for r in loaded.records if r.split == "eval"]
         if not eval_records:
             raise RunDirectoryError(
-                f"{self.run.config.root}: the dataset has no eval split; the parity gate needs "
+                f"{loaded.run.config.root}: the dataset has no eval split; the parity gate needs "
                 "held-out files"
             )
         with _progress("eval files", len(eval_records), self.settings.show_progress) as advance:
-            self.evaluation = par.prepare_split(
+            evaluation = par.prepare_split(
                 eval_records,
                 "eval",
-                self.window_samples,
-                self.hop_samples,
-                self.floor_dbfs,
+                loaded.window_samples,
+                loaded.hop_samples,
+                loaded.floor_dbfs,
                 advance,
             )
-        windows = self.evaluation.windows
-        self.reference = self._timed_row(
+        windows = evaluation.windows
+        reference = _timed_row(
             par.Row("torch", "torch", f"torch {torch.__version__}", "torch"),
-            lambda: torch_logits(self.run.model, windows),
+            lambda: torch_logits(loaded.run.model, windows),
         )
-        self._timed_row(
+        onnx = _timed_row(
             par.Row("onnx", "onnx", f"onnxruntime {onnxruntime.__version__}", "onnxruntime"),
-            lambda: OnnxRuntimePredictor(self.onnx_path)(windows),
+            lambda: OnnxRuntimePredictor(onnx_path)(windows),
         )
+        return _Reference(evaluation, reference, [reference, onnx])
 
-    def _timed_row(self, row: par.Row, compute: Callable[[], np.ndarray]) -> par.Row:
-        started = time.perf_counter()
-        row.window_logits = compute()
-        row.seconds = time.perf_counter() - started
-        self.rows.append(row)
-        return row
-
-    def finish_tflite(self) -> None:
+    def finish_tflite(self) -> TfliteConversion:
         if self.job is None:
             raise ConversionError("the TFLite conversion was never started")
-        self.conversion = self.job.wait()
+        conversion = self.job.wait()
         self.job = None
         self.log(
-            f"           onnx2tf {self.conversion.onnx2tf_seconds:.1f} s, int8 quantization "
-            f"{self.conversion.quantize_seconds:.1f} s"
+            f"           onnx2tf {conversion.onnx2tf_seconds:.1f} s, int8 quantization "
+            f"{conversion.quantize_seconds:.1f} s"
         )
+        return conversion
 
-    def inspect_tflite(self) -> None:
+    def inspect_tflite(self, loaded: _Loaded, conversion: TfliteConversion) -> _TfliteFiles:
         fp32_path = self.staging / MODEL_FILES["fp32"]
         int8_path = self.staging / MODEL_FILES["int8"]
-        shutil.copyfile(self.conversion.float32_path, fp32_path)
-        shutil.copyfile(self.conversion.int8_path, int8_path)
+        shutil.copyfile(conversion.float32_path, fp32_path)
+        shutil.copyfile(conversion.int8_path, int8_path)
         specs = {"fp32": tensor_specs(fp32_path), "int8": tensor_specs(int8_path)}
-        _check_tflite_io(fp32_path.name, specs["fp32"], self.window_samples, "float32")
-        _check_tflite_io(int8_path.name, specs["int8"], self.window_samples, IO_DTYPE_INT8)
+        _check_tflite_io(fp32_path.name, specs["fp32"], loaded.window_samples, "float32")
+        _check_tflite_io(int8_path.name, specs["int8"], loaded.window_samples, IO_DTYPE_INT8)
         threads = self.settings.num_threads
         delegation = {
             "fp32": delegation_report(fp32_path, threads),
@@ -479,60 +521,41 @@ class _Conversion:
             f"           1 thread, median: fp32 {fp32_ms.median_ms:.3f} ms, int8 "
             f"{int8_ms.median_ms:.3f} ms"
         )
-        self.tflite = _TfliteFiles(fp32_path, int8_path, specs, delegation, latency)
+        return _TfliteFiles(fp32_path, int8_path, specs, delegation, latency)
 
-    def _manifest(self, files: dict[str, Any], parity: dict[str, Any] | None) -> dict[str, Any]:
-        from convert.score_calibration import manifest_entry
-
-        extra: dict[str, Any] = {
-            "threshold_details": self.thresholds.to_dict(),
-            "calibration": manifest_entry(self.score_calibration, self.dev_source),
-        }
-        if parity is not None:
-            extra["parity"] = parity
-        manifest = build_manifest(
-            model=self._model_summary(),
-            window_samples=self.window_samples,
-            hop_samples=self.hop_samples,
-            silence_floor_dbfs=self.floor_dbfs,
-            threshold=self._threshold(),
-            files=files,
-            data=self._data(),
-            tools=self._tools(),
-            extra=extra,
-        )
-        manifest["score"]["definition"] = CALIBRATED_SCORE_DEFINITION
-        return manifest
-
-    def write_model_manifest(self) -> None:
-        onnx_in, onnx_out = _onnx_specs(self.window_samples)
-        specs = self.tflite.specs
-        self.model_files = {
+    def write_model_manifest(
+        self, facts: _ManifestFacts, onnx_path: Path, tflite: _TfliteFiles
+    ) -> dict[str, Any]:
+        """The manifest of the three model files, read back as the device does; their entries."""
+        onnx_in, onnx_out = _onnx_specs(facts.loaded.window_samples)
+        specs = tflite.specs
+        model_files = {
             MODEL_FILES["onnx"]: file_entry(
-                self.onnx_path, precision="fp32", inputs=onnx_in, outputs=onnx_out
+                onnx_path, precision="fp32", inputs=onnx_in, outputs=onnx_out
             ),
             MODEL_FILES["fp32"]: file_entry(
-                self.tflite.fp32_path,
+                tflite.fp32_path,
                 precision="fp32",
                 inputs=specs["fp32"][0],
                 outputs=specs["fp32"][1],
             ),
             MODEL_FILES["int8"]: file_entry(
-                self.tflite.int8_path,
+                tflite.int8_path,
                 precision="int8",
                 inputs=specs["int8"][0],
                 outputs=specs["int8"][1],
             ),
         }
-        write_manifest(self.staging, self._manifest(self.model_files, None))
+        write_manifest(self.staging, _manifest(facts, model_files, None))
         verify_bundle(self.staging)
+        return model_files
 
-    def score_tflite_rows(self) -> None:
+    def score_tflite_rows(self, evaluation: par.ScoringSet) -> list[par.Row]:
         """The device's own Scorer in-process, while the device-venv workers score too."""
         from device.runtime import Scorer
 
         windows_path = self.work_dir / "eval_windows.npy"
-        np.save(windows_path, self.evaluation.windows)
+        np.save(windows_path, evaluation.windows)
         pending: list[tuple[str, par.DeviceVenvJob | None, str, str]] = []
         plans = par.plan_device_venvs(self.settings.device_venvs, self.settings.skip_runtimes)
         for plan in plans:
@@ -555,28 +578,38 @@ class _Conversion:
                 continue
             pending.append((venv, job, "ok", ""))
             self.venv_jobs.append(job)
+        rows: list[par.Row] = []
         for model_format in ("fp32", "int8"):
             scorer = Scorer(self.staging, model_format, num_threads=self.settings.num_threads)
             module = scorer.runtime.module
-            self._timed_row(
+            row = _timed_row(
                 par.Row(
                     model_format,
                     model_format,
                     runtime_label(module, scorer.runtime.version),
                     _distribution(module),
                 ),
-                lambda scorer=scorer: scorer.score_windows(self.evaluation.windows),
+                lambda scorer=scorer: scorer.score_windows(evaluation.windows),
             )
+            rows.append(row)
         for venv, job, status, reason in pending:
-            self._collect_venv(venv, job, status, reason)
+            rows.extend(self._collect_venv(venv, job, status, reason))
+        return rows
 
     def _collect_venv(
         self, venv: str, job: par.DeviceVenvJob | None, status: str, reason: str
-    ) -> None:
+    ) -> list[par.Row]:
         names = {fmt: f"{fmt} @ {venv}" for fmt in par.device_venv_formats(venv)}
-        if job is None:
+        if job is not None:
+            try:
+                logits, info = job.result()
+            except (RuntimeError, OSError, ValueError) as error:
+                self.log(f"           {venv}: failed: {error}")
+                job, status, reason = None, "failed", str(error).strip().splitlines()[-1][:300]
+        else:
             self.log(f"           {venv}: {status}: {reason}")
-            self.rows.extend(
+        if job is None:
+            return [
                 par.Row(
                     name,
                     fmt,
@@ -587,28 +620,10 @@ class _Conversion:
                     reason=reason,
                 )
                 for fmt, name in names.items()
-            )
-            return
-        try:
-            logits, info = job.result()
-        except (RuntimeError, OSError, ValueError) as error:
-            reason = str(error).strip().splitlines()[-1][:300]
-            self.log(f"           {venv}: failed: {error}")
-            self.rows.extend(
-                par.Row(
-                    name,
-                    fmt,
-                    "-",
-                    _venv_distribution(venv),
-                    environment=venv,
-                    status="failed",
-                    reason=reason,
-                )
-                for fmt, name in names.items()
-            )
-            return
+            ]
         runtime = runtime_label(info["runtime"], info["runtime_version"])
         self.log(f"           {venv}: {runtime}, numpy {info['numpy']}, {job.seconds:.1f} s")
+        rows = []
         for model_format, name in names.items():
             row = par.Row(
                 name,
@@ -619,23 +634,35 @@ class _Conversion:
                 seconds=job.seconds,
             )
             row.window_logits = logits[model_format]
-            self.rows.append(row)
+            rows.append(row)
+        return rows
 
-    def report(self, steps: dict[str, float]) -> None:
-        evaluation, threshold = self.evaluation, self.thresholds.eer_p_spoof
-        for row in self.rows:
+    def report(
+        self,
+        facts: _ManifestFacts,
+        reference: _Reference,
+        rows: list[par.Row],
+        tflite: _TfliteFiles,
+        steps: dict[str, float],
+    ) -> _Report:
+        """Per-row metrics (set on each row), the gate, parity.json/.md and the plots."""
+        evaluation, threshold = reference.evaluation, facts.dev.thresholds.eer_p_spoof
+        for row in rows:
             if row.status == "ok":
                 row.file_logits = evaluation.file_logits(row.window_logits)
-                row.metrics = par.compute_row_metrics(row, self.reference, evaluation, threshold)
-        self.checks = par.gate_checks(self.rows, self.reference, self.settings.limits)
-        failed_rows = [r for r in self.rows if r.status == "failed"]
-        self.passed = all(c.passed for c in self.checks) and not failed_rows
-        self.table = par.render_table(self.rows)
-        self.parity_report = {
-            "passed": self.passed,
-            "gate": [c.__dict__ for c in self.checks],
+                row.metrics = par.compute_row_metrics(
+                    row, reference.reference, evaluation, threshold
+                )
+        checks = par.gate_checks(rows, reference.reference, self.settings.limits)
+        failed_rows = [r for r in rows if r.status == "failed"]
+        passed = all(c.passed for c in checks) and not failed_rows
+        table = par.render_table(rows)
+        conversion = facts.conversion
+        parity_report = {
+            "passed": passed,
+            "gate": [c.__dict__ for c in checks],
             "limits": dict(self.settings.limits.__dict__),
-            "threshold": {**self._threshold(), **self.thresholds.to_dict()},
+            "threshold": {**_threshold(facts), **facts.dev.thresholds.to_dict()},
             "rows": [
                 {
                     "name": r.name,
@@ -648,48 +675,51 @@ class _Conversion:
                     "seconds": round(r.seconds, 3),
                     **r.metrics,
                 }
-                for r in self.rows
+                for r in rows
             ],
             "eval": {
                 "files": len(evaluation.records),
                 "windows": int(evaluation.windows.shape[0]),
                 "all_silent_files": int(sum(p.all_silent for p in evaluation.prepared)),
             },
-            "xnnpack": {name: rep.to_dict() for name, rep in self.tflite.delegation.items()},
-            "latency_1_thread": self.tflite.latency,
+            "xnnpack": {name: rep.to_dict() for name, rep in tflite.delegation.items()},
+            "latency_1_thread": tflite.latency,
             "conversion_seconds": {
-                "onnx2tf": round(self.conversion.onnx2tf_seconds, 2),
-                "int8_quantization": round(self.conversion.quantize_seconds, 2),
+                "onnx2tf": round(conversion.onnx2tf_seconds, 2),
+                "int8_quantization": round(conversion.quantize_seconds, 2),
             },
             "timings_s": dict(steps),
             "settings": self.settings.to_dict(),
         }
-        (self.staging / PARITY_JSON).write_text(json.dumps(self.parity_report, indent=2) + "\n")
+        (self.staging / PARITY_JSON).write_text(json.dumps(parity_report, indent=2) + "\n")
         (self.staging / PARITY_MD).write_text(
-            render_markdown(self.parity_report, self.table, self.tflite.delegation),
+            render_markdown(parity_report, table, tflite.delegation),
             encoding="utf-8",
         )
         from convert.plots import write_plots
 
-        self.plots = write_plots(
-            self.rows,
-            self.reference,
+        plots = write_plots(
+            rows,
+            reference.reference,
             evaluation.labels,
             threshold,
-            self.thresholds.eer_margin,
+            facts.dev.thresholds.eer_margin,
             self.staging / PLOTS_DIR,
         )
-        self.plots.append(self._calibration_report())
+        plots.append(self._calibration_report(facts.dev, evaluation, rows))
+        return _Report(checks, passed, table, parity_report, plots)
 
-    def _calibration_report(self) -> Path:
+    def _calibration_report(
+        self, dev: _DevThresholds, evaluation: par.ScoringSet, rows: list[par.Row]
+    ) -> Path:
         """ECE before/after on dev (PyTorch) and eval (the int8 bundle), reliability PNG."""
         from convert.score_calibration import ece_pair, plot_reliability
 
-        fit = self.score_calibration
-        int8 = next(r for r in self.rows if r.name == "int8" and r.status == "ok")
+        fit = dev.score_calibration
+        int8 = next(r for r in rows if r.name == "int8" and r.status == "ok")
         splits = {
-            "dev (PyTorch)": (self.dev_margins, self.dev_labels),
-            "eval (int8)": (spoof_margin(int8.file_logits), self.evaluation.labels),
+            "dev (PyTorch)": (dev.margins, dev.labels),
+            "eval (int8)": (spoof_margin(int8.file_logits), evaluation.labels),
         }
         for key, (margins, labels) in zip(("dev", "eval"), splits.values(), strict=True):
             fit.ece_before[key], fit.ece_after[key] = ece_pair(margins, labels, fit.calibration)
@@ -702,92 +732,137 @@ class _Conversion:
             splits, fit.calibration, self.staging / PLOTS_DIR / "reliability.png"
         )
 
-    def write_final_manifest(self) -> None:
-        files = dict(self.model_files)
-        for path in [self.staging / PARITY_JSON, self.staging / PARITY_MD, *self.plots]:
+    def write_final_manifest(
+        self,
+        facts: _ManifestFacts,
+        model_files: dict[str, Any],
+        tflite: _TfliteFiles,
+        report: _Report,
+    ) -> None:
+        files = dict(model_files)
+        for path in [self.staging / PARITY_JSON, self.staging / PARITY_MD, *report.plots]:
             files[path.relative_to(self.staging).as_posix()] = file_entry(path)
-        latency = self.tflite.latency
+        latency = tflite.latency
         parity = {
-            "passed": self.passed,
+            "passed": report.passed,
             "report": PARITY_JSON,
-            "failed_checks": [c.describe() for c in self.checks if not c.passed],
-            "xnnpack_partitions_int8": self.tflite.delegation["int8"].partitions,
+            "failed_checks": [c.describe() for c in report.checks if not c.passed],
+            "xnnpack_partitions_int8": tflite.delegation["int8"].partitions,
             "latency_ms_1_thread": {
                 "fp32": round(latency["fp32"]["median_ms"], 4),
                 "int8": round(latency["int8"]["median_ms"], 4),
             },
         }
-        write_manifest(self.staging, self._manifest(files, parity))
+        write_manifest(self.staging, _manifest(facts, files, parity))
         verify_bundle(self.staging)
 
-    # ------------------------------------------------------------------ manifest parts
 
-    def _model_summary(self) -> dict[str, Any]:
-        data = self.run.checkpoint.data
-        model = self.run.model
-        return {
-            "name": data.get("model_name", "CLAD"),
-            "parameters": int(data.get("parameters") or _count_parameters(model)),
-            "macs_per_window": int(data.get("macs_per_window") or _count_macs(model)),
-            "config": model.config.to_dict(),
-            "input": "one normalized window, [1, window_samples] (int8 file: quantize with "
-            "files.model_int8.tflite.inputs[0] scale and zero_point)",
-            "output": "logits (bonafide, spoof), [1, 2]",
-        }
+def _timed_row(row: par.Row, compute: Callable[[], np.ndarray]) -> par.Row:
+    started = time.perf_counter()
+    row.window_logits = compute()
+    row.seconds = time.perf_counter() - started
+    return row
 
-    def _threshold(self) -> dict[str, Any]:
-        t, calibration = self.thresholds, self.score_calibration.calibration
-        return {  # calibrated P(spoof): the same decisions as the raw margins (a monotone map)
-            "value": calibrate_threshold(t.eer_margin, calibration),
-            "method": "eer_dev",
-            "eer_dev": t.eer,
-            "far_target": t.far_target,
-            "far_target_value": calibrate_threshold(t.far_margin, calibration),
-        }
 
-    def _data(self) -> dict[str, Any]:
-        run, summary = self.run, self.dataset_summary
-        return {
-            "trained_on": {
-                "format": run.config.format,
-                "root": str(run.config.root),
-                "track": run.config.track,
-                "seed": run.config.seed,
-                "splits": summary["splits"],
-                "skipped_records": summary["problems"]["total"],
-                "checkpoint": {
-                    "file": str(run.checkpoint_path),
-                    "sha256": _sha256(run.checkpoint_path),
-                    "epoch": run.checkpoint.data.get("epoch"),
-                    "dev": run.checkpoint.dev,
-                },
+# --------------------------------------------------------------------------- manifest parts
+
+
+def _manifest(
+    facts: _ManifestFacts, files: dict[str, Any], parity: dict[str, Any] | None
+) -> dict[str, Any]:
+    from convert.score_calibration import manifest_entry
+
+    extra: dict[str, Any] = {
+        "threshold_details": facts.dev.thresholds.to_dict(),
+        "calibration": manifest_entry(facts.dev.score_calibration, facts.dev.source),
+    }
+    if parity is not None:
+        extra["parity"] = parity
+    loaded = facts.loaded
+    manifest = build_manifest(
+        model=_model_summary(loaded.run),
+        window_samples=loaded.window_samples,
+        hop_samples=loaded.hop_samples,
+        silence_floor_dbfs=loaded.floor_dbfs,
+        threshold=_threshold(facts),
+        files=files,
+        data=_data(facts),
+        tools=_tools(facts.conversion),
+        extra=extra,
+    )
+    manifest["score"]["definition"] = CALIBRATED_SCORE_DEFINITION
+    return manifest
+
+
+def _model_summary(run: LoadedRun) -> dict[str, Any]:
+    data = run.checkpoint.data
+    model = run.model
+    return {
+        "name": data.get("model_name", "CLAD"),
+        "parameters": int(data.get("parameters") or _count_parameters(model)),
+        "macs_per_window": int(data.get("macs_per_window") or _count_macs(model)),
+        "config": model.config.to_dict(),
+        "input": "one normalized window, [1, window_samples] (int8 file: quantize with "
+        "files.model_int8.tflite.inputs[0] scale and zero_point)",
+        "output": "logits (bonafide, spoof), [1, 2]",
+    }
+
+
+def _threshold(facts: _ManifestFacts) -> dict[str, Any]:
+    t, calibration = facts.dev.thresholds, facts.dev.score_calibration.calibration
+    return {  # calibrated P(spoof): the same decisions as the raw margins (a monotone map)
+        "value": calibrate_threshold(t.eer_margin, calibration),
+        "method": "eer_dev",
+        "eer_dev": t.eer,
+        "far_target": t.far_target,
+        "far_target_value": calibrate_threshold(t.far_margin, calibration),
+    }
+
+
+def _data(facts: _ManifestFacts) -> dict[str, Any]:
+    run, summary = facts.loaded.run, facts.loaded.dataset_summary
+    return {
+        "trained_on": {
+            "format": run.config.format,
+            "root": str(run.config.root),
+            "track": run.config.track,
+            "seed": run.config.seed,
+            "splits": summary["splits"],
+            "skipped_records": summary["problems"]["total"],
+            "checkpoint": {
+                "file": str(run.checkpoint_path),
+                "sha256": _sha256(run.checkpoint_path),
+                "epoch": run.checkpoint.data.get("epoch"),
+                "dev": run.checkpoint.dev,
             },
-            "calibrated_on": self._calibration().describe(),
-            "thresholds_from": {
-                "split": "dev",
-                "files": self.thresholds.files,
-                "scores": self.dev_source,
-            },
-            "parity_on": {
-                "split": "eval",
-                "files": len(self.evaluation.records),
-                "windows": int(self.evaluation.windows.shape[0]),
-            },
-        }
+        },
+        "calibrated_on": facts.calibration.describe(),
+        "thresholds_from": {
+            "split": "dev",
+            "files": facts.dev.thresholds.files,
+            "scores": facts.dev.source,
+        },
+        "parity_on": {
+            "split": "eval",
+            "files": len(facts.evaluation.records),
+            "windows": int(facts.evaluation.windows.shape[0]),
+        },
+    }
 
-    def _tools(self) -> dict[str, Any]:
-        return {
-            **tool_versions(),
-            "onnx_opset": ONNX_OPSET,
-            "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
-            "onnx2tf_arguments": " ".join(self.conversion.onnx2tf_arguments),
-            "int8_quantization": self.conversion.quantization,
-            "int8_io": (
-                "int8 input and output: the device quantizes the normalized window with the "
-                "input's scale/zero_point and dequantizes the logits, so the graph is integer "
-                "end to end"
-            ),
-        }
+
+def _tools(conversion: TfliteConversion) -> dict[str, Any]:
+    return {
+        **tool_versions(),
+        "onnx_opset": ONNX_OPSET,
+        "onnx_exporter": "torch.onnx.export(dynamo=False), eval mode, BatchNorm folded",
+        "onnx2tf_arguments": " ".join(conversion.onnx2tf_arguments),
+        "int8_quantization": conversion.quantization,
+        "int8_io": (
+            "int8 input and output: the device quantizes the normalized window with the "
+            "input's scale/zero_point and dequantizes the logits, so the graph is integer "
+            "end to end"
+        ),
+    }
 
 
 def convert_run(
@@ -799,7 +874,8 @@ def convert_run(
     """Convert one run into a bundle and run the parity gate (see the module docstring).
 
     `calibration` replaces the seeded draw from the training split (tests use it to build a
-    genuinely bad int8 model and watch the gate trip).
+    genuinely bad int8 model and watch the gate trip). The steps run in the order written
+    here; each takes the results of the steps before it.
     """
     clock = _Clock(log)
     lock = _BundleLock(settings.out_dir)
@@ -814,56 +890,46 @@ def convert_run(
         temporary = tempfile.TemporaryDirectory(prefix="clad-convert-")
         work_dir = Path(temporary.name)
     work_dir.mkdir(parents=True, exist_ok=True)
-    conversion = _Conversion(settings, staging, work_dir, calibration, log)
+    steps = _Conversion(settings, staging, work_dir, log)
+    step = clock.step
     try:
-        steps: list[tuple[str, Callable[[], None]]] = [
-            (f"loading {settings.run_dir / settings.checkpoint_name}", conversion.load),
-            ("drawing calibration windows from the training split", conversion.draw_calibration),
-            (
-                "exporting ONNX (opset 17, [1, window_samples]) + onnx.checker",
-                conversion.export_and_start_tflite,
-            ),
-            ("dev split: PyTorch file scores, thresholds", conversion.choose_thresholds),
-            (
-                "eval split: windows, PyTorch and onnxruntime logits",
-                conversion.score_reference_rows,
-            ),
-            ("waiting for onnx2tf and the int8 quantization", conversion.finish_tflite),
-            (
-                "TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread",
-                conversion.inspect_tflite,
-            ),
-            (
-                "writing the model manifest and reading it back as the device does",
-                conversion.write_model_manifest,
-            ),
-            (
-                "TFLite eval logits: device.runtime in-process + device venvs",
-                conversion.score_tflite_rows,
-            ),
-            ("parity metrics, gate, report and plots", lambda: conversion.report(clock.steps)),
-            (
-                "final manifest (sha256 of every file), moving the bundle into place",
-                conversion.write_final_manifest,
-            ),
-        ]
-        for name, step in steps:
-            with clock.step(name):
-                step()
+        with step(f"loading {settings.run_dir / settings.checkpoint_name}"):
+            loaded = steps.load()
+        with step("drawing calibration windows from the training split"):
+            calibration = steps.draw_calibration(loaded, calibration)
+        with step("exporting ONNX (opset 17, [1, window_samples]) + onnx.checker"):
+            onnx_path = steps.export_and_start_tflite(loaded, calibration)
+        with step("dev split: PyTorch file scores, thresholds"):
+            dev = steps.choose_thresholds(loaded)
+        with step("eval split: windows, PyTorch and onnxruntime logits"):
+            reference = steps.score_reference_rows(loaded, onnx_path)
+        with step("waiting for onnx2tf and the int8 quantization"):
+            conversion = steps.finish_tflite()
+        with step("TFLite files: tensor specs, XNNPACK partitions, latency at 1 thread"):
+            tflite = steps.inspect_tflite(loaded, conversion)
+        facts = _ManifestFacts(loaded, calibration, dev, reference.evaluation, conversion)
+        with step("writing the model manifest and reading it back as the device does"):
+            model_files = steps.write_model_manifest(facts, onnx_path, tflite)
+        with step("TFLite eval logits: device.runtime in-process + device venvs"):
+            rows = [*reference.rows, *steps.score_tflite_rows(reference.evaluation)]
+        with step("parity metrics, gate, report and plots"):
+            report = steps.report(facts, reference, rows, tflite, clock.steps)
+        with step("final manifest (sha256 of every file), moving the bundle into place"):
+            steps.write_final_manifest(facts, model_files, tflite, report)
         if settings.out_dir.exists():
             shutil.rmtree(settings.out_dir)
         staging.rename(settings.out_dir)
         log(f"[{clock.total_s:6.1f} s] bundle written to {settings.out_dir}")
-        report = {**conversion.parity_report}
-        report["timings_s"] = {**clock.steps, "total": round(clock.total_s, 2)}
+        result = {**report.parity_report}
+        result["timings_s"] = {**clock.steps, "total": round(clock.total_s, 2)}
         return ConvertResult(
             out_dir=settings.out_dir,
-            passed=conversion.passed,
-            report=report,
-            table=conversion.table,
+            passed=report.passed,
+            report=result,
+            table=report.table,
         )
     finally:
-        conversion.cancel_background()
+        steps.cancel_background()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if temporary is not None:

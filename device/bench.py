@@ -29,20 +29,29 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from device.measure import (
+    bench_windows,
+    bundle_summary,
+    cold_start_stages,
+    empty_row,
+    loadavg,
+    machine_summary,
+    measured_fields,
+    timed_windows,
+    worker_identity,
+)
 
 SCHEMA_VERSION = 1
 """The version of benchmarks.runner's report schema these rows follow."""
@@ -144,34 +153,7 @@ def read_thermal(zone: Path = THERMAL_ZONE) -> dict[str, Any]:
     return out
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # --------------------------------------------------------------------------- the worker
-
-
-def bench_windows(window_samples: int, count: int, seed: int = 0) -> np.ndarray:
-    """Normalized windows of speech-band tones in noise (as `make bench` feeds its rows)."""
-    from device.audio import SAMPLE_RATE, normalize_windows
-
-    rng = np.random.default_rng(seed)
-    t = np.arange(window_samples) / SAMPLE_RATE
-    windows = []
-    for i in range(count):
-        f0 = 110.0 + 40.0 * i
-        voiced = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.28)) / k for k in (1, 2, 3))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * (3.0 + i) * t)
-        windows.append(envelope * voiced + 0.05 * (1 + i % 3) * rng.standard_normal(t.size))
-    return normalize_windows(np.asarray(windows, dtype=np.float32))
-
-
-def peak_rss_bytes() -> int:
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(usage if sys.platform == "darwin" else usage * 1024)  # Linux reports KiB
 
 
 def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
@@ -189,25 +171,7 @@ def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
     first_score_ns = time.monotonic_ns()
     logits = [first] + [scorer.score_window(w)[0] for w in windows[1:]]
 
-    count = len(windows)
-    warmup_end_s = time.perf_counter() + float(spec["warmup_s"])
-    i = 0
-    while time.perf_counter() < warmup_end_s or i < 5:
-        scorer.score_window(windows[i % count])
-        i += 1
-    latencies_ns: list[int] = []
-    end_s = time.perf_counter() + float(spec["measure_s"])
-    clock = time.perf_counter_ns
-    cpu_start_s = time.process_time()
-    i = 0
-    while len(latencies_ns) < int(spec["max_runs"]) and (
-        len(latencies_ns) < int(spec["min_runs"]) or time.perf_counter() < end_s
-    ):
-        start_ns = clock()
-        scorer.score_window(windows[i % count])
-        latencies_ns.append(clock() - start_ns)
-        i += 1
-    cpu_s = time.process_time() - cpu_start_s
+    timed = timed_windows(lambda window: scorer.score_window(window), windows, spec)
     return {
         "status": "ok",
         "reason": "",
@@ -220,8 +184,8 @@ def measure(spec: dict[str, Any], main_ns: int) -> dict[str, Any]:
             "loaded": loaded_ns,
             "first_score": first_score_ns,
         },
-        "latencies_ms": [ns / 1e6 for ns in latencies_ns],
-        "cpu_ms_per_window": cpu_s * 1000.0 / max(1, len(latencies_ns)),
+        "latencies_ms": timed["latencies_ms"],
+        "cpu_ms_per_window": timed["cpu_ms_per_window"],
         "logits": np.stack(logits).astype(float).tolist(),
     }
 
@@ -233,12 +197,7 @@ def worker_main() -> int:
         result = measure(spec, main_ns)
     except Exception as error:  # a failing row is a row: report it to the parent
         result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
-    result.update(
-        python=platform.python_version(),
-        executable=sys.executable,
-        numpy_version=np.__version__,
-        peak_rss_bytes=peak_rss_bytes(),
-    )
+    result.update(worker_identity())
     sys.stdout.write("\n" + RESULT_MARKER + json.dumps(result) + "\n")
     return 0
 
@@ -304,19 +263,6 @@ def call_worker(python: str, spec: dict[str, Any], threads: int) -> tuple[dict[s
     }, spawn_ns
 
 
-def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    stats = {f"p{q}": float(np.percentile(values, q)) for q in (1, 5, 10, 25, 50, 75, 90, 95, 99)}
-    stats.update(
-        median=stats["p50"],
-        mean=float(values.mean()),
-        min=float(values.min()),
-        max=float(values.max()),
-        n=int(values.size),
-    )
-    return stats
-
-
 def _environment(python: str) -> str:
     """make bench's environment key: "current", or the venv directory's name."""
     if os.path.abspath(python) == os.path.abspath(sys.executable):  # venvs link one python
@@ -344,7 +290,7 @@ def summarize(
     threads: int,
     results: list[tuple[dict[str, Any], int]],
 ) -> dict[str, Any]:
-    """One row in the schema of benchmarks.runner.summarize_row."""
+    """One row in the schema of device.measure.empty_row (benchmarks writes the same)."""
     from device.runtimes import runtime_for_module
 
     manifest = bundle.manifest
@@ -358,73 +304,35 @@ def summarize(
     model_file = manifest.model_file(model_format)
     rss = [r["peak_rss_bytes"] for r, _ in results if r.get("peak_rss_bytes")]
     environment = _environment(python)
-    row: dict[str, Any] = {
-        "key": f"{key}/{runtime_key}/{environment}/{threads}",
-        "format": key,
-        "format_label": label,
-        "precision": model_format,
-        "runtime": runtime_key,
-        "environment": environment,
-        "python": python,
-        "threads": threads,
-        "status": "failed" if failed else "ok",
-        "reason": "; ".join(sorted({str(r.get("reason", "")) for r in failed})),
-        "model_file": str(bundle.path(model_file)),
-        "size_bytes": manifest.files[model_file].bytes,
-        "eer": None,
-        "agreement": None,
-        "runtime_version": version,
-        "latency_ms": None,
-        "round_medians_ms": [],
-        "round_spread": None,
-        "rtf": None,
-        "cold_start_ms": None,
-        "cold_starts_ms": [],
-        "cold_start_stages_ms": {},
-        "load_ms": None,
-        "cpu_ms_per_window": None,
-        "peak_rss_bytes": max(rss) if rss else None,
-        "macs_per_s": None,
-        "efficiency": None,
-        "speedup_vs_pytorch": None,
-        "logits": None,
-    }
+    row = empty_row(
+        key=f"{key}/{runtime_key}/{environment}/{threads}",
+        format=key,
+        format_label=label,
+        precision=model_format,
+        runtime=runtime_key,
+        environment=environment,
+        python=python,
+        threads=threads,
+        status="failed" if failed else "ok",
+        reason="; ".join(sorted({str(r.get("reason", "")) for r in failed})),
+        model_file=str(bundle.path(model_file)),
+        size_bytes=manifest.files[model_file].bytes,
+        runtime_version=version,
+        peak_rss_bytes=max(rss) if rss else None,
+    )
     if failed or not ok:
         return row
     if runtime is not None:
         row.update(parity_accuracy(bundle, model_format, f"{runtime.distribution} {version}"))
-    pooled = [ms for r, _ in ok for ms in r["latencies_ms"]]
-    stats = latency_stats(pooled)
-    medians = [float(np.median(r["latencies_ms"])) for r, _ in ok]
-    colds = [(r["stages_monotonic_ns"]["first_score"] - spawn) / 1e6 for r, spawn in ok]
-    stages = [r["stages_monotonic_ns"] for r, _ in ok]
-    spawns = [spawn for _, spawn in ok]
-    median_ms = stats["median"]
+    stages = [cold_start_stages(r["stages_monotonic_ns"], spawn) for r, spawn in ok]
     row.update(
-        latency_ms=stats,
-        round_medians_ms=medians,
-        round_spread=(max(medians) - min(medians)) / median_ms if len(medians) > 1 else 0.0,
-        rtf=median_ms / 1000.0 / manifest.audio.hop_s,
-        cold_start_ms=statistics.median(colds),
-        cold_starts_ms=colds,
-        cold_start_stages_ms={
-            "interpreter_ms": statistics.median(
-                (s["main"] - spawn) / 1e6 for s, spawn in zip(stages, spawns, strict=True)
-            ),
-            "runtime_import_ms": statistics.median(
-                (s["imported"] - s["main"]) / 1e6 for s in stages
-            ),
-            "model_load_ms": statistics.median((s["loaded"] - s["imported"]) / 1e6 for s in stages),
-            "first_inference_ms": statistics.median(
-                (s["first_score"] - s["loaded"]) / 1e6 for s in stages
-            ),
-        },
-        load_ms=statistics.median(r["load_ms"] for r, _ in ok),
-        cpu_ms_per_window=statistics.median(r["cpu_ms_per_window"] for r, _ in ok),
-        macs_per_s=manifest.macs_per_window / (median_ms / 1000.0)
-        if manifest.macs_per_window
-        else None,
-        logits=ok[0][0]["logits"],
+        measured_fields(
+            [r for r, _ in ok],
+            [(r["stages_monotonic_ns"]["first_score"] - spawn) / 1e6 for r, spawn in ok],
+            [s for s in stages if s is not None],
+            manifest.audio.hop_s,
+            manifest.macs_per_window,
+        )
     )
     return row
 
@@ -451,14 +359,13 @@ def run_bench(settings: Settings, progress: Any = None) -> dict[str, Any]:
         bundle = load_bundle(settings.bundle)
     except BundleError as error:
         raise BenchError(str(error)) from error
-    manifest = bundle.manifest
     for model_format in settings.formats:
         try:
-            manifest.model_file(model_format)
+            bundle.manifest.model_file(model_format)
         except BundleError as error:
             raise BenchError(str(error)) from error
     started = datetime.now().astimezone()
-    load_before = _loadavg()
+    load_before = loadavg()
     cores = usable_cores()
     threads = tuple(sorted(set(settings.threads or range(1, cores + 1))))
     pythons = tuple(dict.fromkeys((sys.executable, *settings.pythons)))  # this one first
@@ -471,28 +378,7 @@ def run_bench(settings: Settings, progress: Any = None) -> dict[str, Any]:
             spec = _spec(settings, model_format, count, measure_s)
             results[(python, model_format, count)].append(call_worker(python, spec, count))
     rows = [summarize(bundle, f, p, t, results[(p, f, t)]) for p, f, t in plan]
-
-    thermal: dict[str, Any] = {"sustained": None}
-    if settings.sustain_s > 0:
-        sustain_format = "int8" if "int8" in settings.formats else settings.formats[0]
-        say(f"sustained run: {sustain_format}, 1 thread, {settings.sustain_s:g} s")
-        thermal["before"] = read_thermal()
-        result, _ = call_worker(
-            pythons[0], _spec(settings, sustain_format, 1, settings.sustain_s), 1
-        )
-        thermal["after"] = read_thermal()
-        latencies = result.get("latencies_ms") or []
-        tenth = max(1, len(latencies) // 10)
-        thermal["sustained"] = {
-            "format": sustain_format,
-            "threads": 1,
-            "seconds": settings.sustain_s,
-            "status": result.get("status"),
-            "reason": result.get("reason", ""),
-            "windows": len(latencies),
-            "median_ms_first_tenth": float(np.median(latencies[:tenth])) if latencies else None,
-            "median_ms_last_tenth": float(np.median(latencies[-tenth:])) if latencies else None,
-        }
+    thermal = _sustained_run(settings, pythons[0], say)
     finished = datetime.now().astimezone()
     return {
         "schema_version": SCHEMA_VERSION,
@@ -500,24 +386,8 @@ def run_bench(settings: Settings, progress: Any = None) -> dict[str, Any]:
         "created": started.isoformat(timespec="seconds"),
         "duration_s": round((finished - started).total_seconds(), 1),
         "host": socket.gethostname(),
-        "machine": {
-            "cpu": cpu_summary(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_before": load_before,
-            "loadavg_after": _loadavg(),
-        },
-        "bundle": {
-            "path": str(bundle.root),
-            "model": manifest.model_name,
-            "parameters": manifest.parameters,
-            "macs_per_window": manifest.macs_per_window,
-            "window_samples": manifest.audio.window_samples,
-            "hop_samples": manifest.audio.hop_samples,
-            "sample_rate": manifest.audio.sample_rate,
-            "hop_ms": manifest.audio.hop_s * 1000.0,
-            "files": {name: entry.sha256 for name, entry in manifest.files.items()},
-        },
+        "machine": machine_summary(cpu_summary(), load_before),
+        "bundle": bundle_summary(bundle),
         "settings": {
             "rounds": settings.rounds,
             "seconds_per_row": settings.seconds_per_row,
@@ -531,6 +401,31 @@ def run_bench(settings: Settings, progress: Any = None) -> dict[str, Any]:
         "thermal": thermal,
         "rows": rows,
     }
+
+
+def _sustained_run(settings: Settings, python: str, say: Any) -> dict[str, Any]:
+    """One long 1-thread run between two thermal readings (none when sustain_s is 0)."""
+    thermal: dict[str, Any] = {"sustained": None}
+    if settings.sustain_s <= 0:
+        return thermal
+    sustain_format = "int8" if "int8" in settings.formats else settings.formats[0]
+    say(f"sustained run: {sustain_format}, 1 thread, {settings.sustain_s:g} s")
+    thermal["before"] = read_thermal()
+    result, _ = call_worker(python, _spec(settings, sustain_format, 1, settings.sustain_s), 1)
+    thermal["after"] = read_thermal()
+    latencies = result.get("latencies_ms") or []
+    tenth = max(1, len(latencies) // 10)
+    thermal["sustained"] = {
+        "format": sustain_format,
+        "threads": 1,
+        "seconds": settings.sustain_s,
+        "status": result.get("status"),
+        "reason": result.get("reason", ""),
+        "windows": len(latencies),
+        "median_ms_first_tenth": float(np.median(latencies[:tenth])) if latencies else None,
+        "median_ms_last_tenth": float(np.median(latencies[-tenth:])) if latencies else None,
+    }
+    return thermal
 
 
 # --------------------------------------------------------------------------- the table

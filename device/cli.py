@@ -46,6 +46,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The clad-agent commands and their options.
+
+    Long because: one add_argument call (with its help text) per option, declarations only.
+    """
     parser = argparse.ArgumentParser(
         prog="clad-agent",
         description="Audio deepfake detection on the device: score files, or listen to a "
@@ -163,7 +167,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _listen_options(listen: argparse.ArgumentParser) -> None:
-    """`listen` flags; each overrides the settings-file key named in its help (defaults shown)."""
+    """`listen` flags; each overrides the settings-file key named in its help (defaults shown).
+
+    Long because: one add_argument call (with its help text) per option, declarations only.
+    """
     m, src, d, e, a = (
         ModelSettings(),
         SourceSettings(),
@@ -494,7 +501,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from device.calibrate import (
         choose_room_threshold,
         collect_room_scores,
-        eval_stream_cost,
         model_sha256,
         now_utc,
         write_device_calibration,
@@ -512,16 +518,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{args.target_fa_per_hour}"
             )
         settings = load_settings(config if config.exists() else None)
-        source: dict[str, Any] = {"max_seconds": args.minutes * 60.0}
-        if args.source is not None:
-            if args.source in ("mic", "stdin"):
-                source["kind"] = args.source
-            else:
-                source["kind"], source["path"] = "file", args.source
-        source.update(device=args.device, sample_rate=args.rate, channels=args.channels)
         settings = override(
             settings,
-            {"model": {"bundle": args.bundle, "model_format": args.model}, "source": source},
+            {
+                "model": {"bundle": args.bundle, "model_format": args.model},
+                "source": _calibration_source(args),
+            },
         )
         if not settings.model.bundle:
             raise ConfigError("no bundle: give --bundle DIR or [model] bundle in --config")
@@ -569,6 +571,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except (OSError, ConfigError) as error:
         print(f"error: cannot write {config}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    lines = _calibration_lines(scores, choice, decision, manifest, args, config)
+    print("\n".join(lines), flush=True)
+    return EXIT_OK
+
+
+def _calibration_source(args: argparse.Namespace) -> dict[str, Any]:
+    """The [source] overrides of `clad-agent calibrate`: --source, --device, --rate,
+    --channels, and --minutes as the most audio to hear."""
+    source: dict[str, Any] = {"max_seconds": args.minutes * 60.0}
+    if args.source is not None:
+        if args.source in ("mic", "stdin"):
+            source["kind"] = args.source
+        else:
+            source["kind"], source["path"] = "file", args.source
+    source.update(device=args.device, sample_rate=args.rate, channels=args.channels)
+    return source
+
+
+def _calibration_lines(
+    scores: Any, choice: Any, decision: Any, manifest: Any, args: argparse.Namespace, config: Any
+) -> list[str]:
+    """What `clad-agent calibrate` prints: what it heard, the bundle's and the chosen threshold
+    with their false alarms, the cost on the eval stream, and where it wrote the result."""
+    from device.calibrate import eval_stream_cost
+
     b_threshold, b_alarms, b_rate = choice.at_bundle
     q = choice.p_quantiles
     smoothed = "-" if choice.smoothed_max is None else f"{choice.smoothed_max:.4f}"
@@ -585,8 +612,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"wrote [device_calibration] threshold = {choice.threshold:.4f} to {config}; "
         "`clad-agent listen --config` uses it unless --threshold or [model] threshold is given",
     ]
-    print("\n".join(lines), flush=True)
-    return EXIT_OK
+    return lines
 
 
 def cmd_listen(args: argparse.Namespace) -> int:

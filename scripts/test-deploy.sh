@@ -71,7 +71,9 @@ rm -rf "$root/opt/clad-agent" "$root/etc/clad-agent" "$root/root/.cache/clad-age
 work="$(mktemp -d)"
 sshd_pid=""
 cleanup() {
-  [ -n "$sshd_pid" ] && kill "$sshd_pid" 2>/dev/null || true
+  if [ -n "$sshd_pid" ]; then
+    kill "$sshd_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

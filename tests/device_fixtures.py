@@ -22,6 +22,7 @@ import subprocess
 import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -335,3 +336,95 @@ def json_lines(data: bytes | str) -> list[dict]:
 
 if __name__ == "__main__":
     build_bundle(Path(sys.argv[1]))
+
+
+def streamed_state(scorer: Any, latency_ms: float | None = None, note_decisions: bool = False):
+    """An agent's AgentState after the scenario streamed through a real StreamPipeline,
+    recorded as the agent does: each window with its latency (`latency_ms`, or the real one
+    when None), and with `note_decisions` each decision change as an event."""
+    import time
+
+    from device.api import AgentState
+    from device.stream import Chunk, DecisionSettings, StreamPipeline
+
+    state = AgentState({"model": scorer.describe()})
+    pipeline = StreamPipeline(scorer, DecisionSettings(threshold=scorer.threshold))
+    audio = scenario(16000)[:, None]
+    for result in pipeline.feed(Chunk(audio, 16000, time.monotonic())) + pipeline.finish():
+        measured_ms = (time.monotonic() - result.arrival_s) * 1000
+        state.record(result, latency_ms=measured_ms if latency_ms is None else latency_ms)
+        if note_decisions and result.changed:
+            state.note_event(
+                {
+                    "time": f"t{result.index}",
+                    "type": "decision",
+                    "decision": result.decision,
+                    "smoothed": result.smoothed,
+                }
+            )
+    return state
+
+
+def http_request(
+    address: tuple[str, int],
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request on a fresh connection: (status, headers, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        return response.status, dict(response.getheaders()), data
+    finally:
+        connection.close()
+
+
+def listen_on_file(
+    bundle: Path, audio: Path, config: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    """`clad-agent listen --json --config CONFIG` on an audio file, to its end."""
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "device", "listen", "--bundle", str(bundle)),
+            *("--source", str(audio), "--json", "--config", str(config)),
+            *extra,
+        ],
+        cwd=REPO,
+        env=device_env(),
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def start_listen(
+    bundle: Path, *args: str, stdin: Any = None, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen:
+    """`clad-agent listen --bundle BUNDLE ARGS...` started in the background, stdout and
+    stderr piped (stdin too when `stdin` is subprocess.PIPE)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "device", "listen", "--bundle", str(bundle), *args],
+        cwd=REPO,
+        env=env if env is not None else device_env(),
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
+
+
+def run_deploy_script(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`bash scripts/deploy.sh ARGS...` with `env` added to this environment; text output."""
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "deploy.sh"), *args],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -26,11 +26,11 @@ from benchmarks.runner import (
     add_ratios,
     best_rates,
     comparisons,
-    latency_stats,
     plan_rows,
     summarize_row,
 )
 from device.bundle import load_bundle, sha256_of
+from device.measure import latency_stats
 from tests.device_fixtures import WINDOW_SAMPLES, cached_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,8 +232,10 @@ def test_the_table_json_and_plots_of_a_real_tflite_bundle(
     # accuracy columns come from parity.json
     assert int8["eer"] == pytest.approx(0.0625) and int8["agreement"] == pytest.approx(0.97)
     assert fp32["eer"] == pytest.approx(0.05)
-    # the same windows went through both: int8 scores within its quantization error of fp32
-    assert int8["p_spoof_max_diff_vs_reference"] < 0.1
+    # the same windows went through both: int8 scores within its quantization error of fp32.
+    # Measured on the fixture bundle's 8 benchmark windows (LiteRT 1 thread): 0.0057; the
+    # bound allows 2.6x that for another LiteRT build's int8 kernels.
+    assert int8["p_spoof_max_diff_vs_reference"] < 0.015
     assert int8["reference_row"] == fp32["key"]
     assert report["comparisons"][0]["int8_vs_tflite_fp32"] == pytest.approx(
         fp32["latency_ms"]["median"] / int8["latency_ms"]["median"]
@@ -272,7 +274,9 @@ def test_pytorch_onnx_and_tflite_all_run_with_ratios_to_pytorch(
     assert rows[("pytorch", "torch")]["agreement"] == 1.0
     # the two fp32 exports of one CLAD give the same scores on the benchmark windows
     assert rows[("onnx", "onnxruntime")]["reference_row"] == rows[("pytorch", "torch")]["key"]
-    assert rows[("onnx", "onnxruntime")]["p_spoof_max_diff_vs_reference"] < 1e-4
+    # Measured on these 8 windows: 2.8e-9. The bound, 1e-6, is about 16 float32 steps at
+    # P(spoof) 0.5: room for another summation order (threads), none for another model.
+    assert rows[("onnx", "onnxruntime")]["p_spoof_max_diff_vs_reference"] < 1e-6
     assert "PyTorch eager's speed" in proc.stdout
 
 
@@ -473,7 +477,6 @@ def test_summary_rtf_efficiency_and_stats_follow_their_definitions(full_bundle: 
         if r.format.key == "tflite_int8" and r.environment.key == "current"
     )
     row.status = "ok"
-    row.latencies_ms = [1.0] * 40 + [2.0] * 50 + [10.0] * 10
     row.cold_starts_ms = [900.0, 700.0, 800.0]
     row.results = [
         {"latencies_ms": [1.0] * 40, "load_ms": 5.0, "peak_rss_bytes": 50 << 20},
@@ -616,3 +619,17 @@ def test_a_checkpoint_changed_since_conversion_fails_the_pytorch_row(
     assert str(checkpoint) in pytorch.reason and "changed since the bundle was converted" in (
         pytorch.reason
     )
+
+
+def test_a_hanging_worker_is_a_failed_row_with_the_timeout_as_its_reason(tmp_path: Path) -> None:
+    """A worker that never answers (a runtime stuck in a deadlock) is killed at the timeout and
+    recorded as failed; the benchmark goes on. The hang is real: an interpreter stand-in that
+    reads its spec and then sleeps."""
+    from benchmarks.runner import call_worker
+
+    hanging = tmp_path / "python"
+    hanging.write_text("#!/bin/sh\ncat > /dev/null\nexec sleep 600\n")
+    hanging.chmod(0o755)
+    result, spawn_ns, end_ns = call_worker(str(hanging), {"mode": "gemm"}, 1, timeout_s=1.0)
+    assert result == {"status": "failed", "reason": "the worker did not finish in 1 s"}
+    assert end_ns > spawn_ns > 0

@@ -13,12 +13,6 @@ import pytest
 from benchmarks.calibration import main
 from convert.score_calibration import expected_calibration_error
 from device.runtime import Scorer
-from tests.device_fixtures import bundle_for
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
 
 
 def test_calibration_study_tables_what_the_device_scores(

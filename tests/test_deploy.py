@@ -6,29 +6,17 @@ The deploy itself, for real over ssh into a Debian bookworm root, is `make test-
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.device_fixtures import REPO, cached_bundle
+from tests.device_fixtures import cached_bundle
+from tests.device_fixtures import run_deploy_script as _deploy
 
 
 @pytest.fixture(scope="module")
 def fixture_bundle(request: pytest.FixtureRequest) -> Path:
     return cached_bundle(Path(request.config.cache.mkdir("device-fixture-bundles")))
-
-
-def _deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / "deploy.sh"), *args],
-        cwd=REPO,
-        env=dict(os.environ, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_pi_port_is_passed_to_every_ssh(fixture_bundle: Path) -> None:

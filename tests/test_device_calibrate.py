@@ -15,7 +15,6 @@ from device.bundle import load_bundle
 from device.calibrate import write_device_calibration
 from device.config import DeviceCalibrationSettings, load_settings
 from tests.device_fixtures import (
-    bundle_for,
     noise,
     run_device,
     silence,
@@ -24,11 +23,6 @@ from tests.device_fixtures import (
     write_raw,
     write_wav,
 )
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
 
 
 def room(rate: int) -> np.ndarray:

@@ -28,7 +28,6 @@ from device.config import (
 )
 from tests.device_fixtures import (
     REPO,
-    bundle_for,
     device_env,
     json_lines,
     noise,
@@ -37,12 +36,10 @@ from tests.device_fixtures import (
     silence,
     write_wav,
 )
+from tests.device_fixtures import (
+    run_deploy_script as _deploy,
+)
 from tests.hostile_audio import wav_claiming
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
 
 
 @pytest.fixture
@@ -272,17 +269,6 @@ def test_scoring_works_under_memory_deny_write_execute(fixture_bundle, tmp_path,
     assert json_lines(out.stdout)[0]["decision"] == "bonafide"
 
 
-def _deploy(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / "deploy.sh"), *args],
-        cwd=REPO,
-        env=dict(os.environ, **env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_deploy_dry_run_prints_every_step(fixture_bundle) -> None:
     out = _deploy("pi@raspberrypi.local", str(fixture_bundle), DRY_RUN="1")
     assert out.returncode == 0, out.stderr
@@ -357,8 +343,14 @@ def test_deploy_copies_device_and_bundle(fixture_bundle, tmp_path: Path) -> None
 def test_shell_scripts_pass_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck not installed")
-    scripts = [REPO / "scripts" / "deploy.sh", REPO / "deploy" / "install-on-pi.sh"]
+        pytest.skip("shellcheck is not installed (scripts/install-system-deps.sh installs it)")
+    scripts = sorted(
+        [*REPO.glob("scripts/*.sh"), *REPO.glob("scripts/arm/*.sh"), *REPO.glob("deploy/*.sh")]
+    )
+    assert (
+        REPO / "scripts" / "deploy.sh" in scripts
+        and REPO / "deploy" / "install-on-pi.sh" in scripts
+    )
     out = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 
@@ -370,7 +362,7 @@ def test_agent_load_benchmark_reports_its_figures(fixture_bundle, tmp_path: Path
     assert agent_load(["--bundle", str(fixture_bundle), "--seconds", "1.5", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["audio_s"] == 1.5 and report["windows"] == 11 and report["overflows"] == 0
-    assert 0 < report["cpu_percent_of_one_core"] < 200 and report["peak_rss_mib"] > 10
+    assert report["cpu_percent_of_one_core"] > 0 and report["peak_rss_mib"] > 10
     assert report["latency_ms"]["n"] == 11 and report["latency_ms"]["p50"] > 0
 
 

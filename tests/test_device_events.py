@@ -14,12 +14,7 @@ import numpy as np
 import pytest
 
 from device.events import EventFile, StdoutSink, encode_event, human_line, read_events
-from tests.device_fixtures import REPO, bundle_for, device_env, scenario, write_wav
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
+from tests.device_fixtures import REPO, device_env, scenario, start_listen, write_wav
 
 
 def _event(i: int) -> dict:
@@ -158,16 +153,8 @@ def test_signal_stops_listen_cleanly(fixture_bundle: Path, tmp_path: Path, signu
 def test_sigterm_with_stdin_still_open(fixture_bundle: Path, tmp_path: Path) -> None:
     """`arecord | clad-agent listen --source stdin`: SIGTERM while the pipe stays open."""
     events_path = tmp_path / "events.jsonl"
-    args = [sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)]
-    args += ["--source", "stdin", "--rate", "16000", "--quiet", "--events-file", str(events_path)]
-    process = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=device_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    args = ["--source", "stdin", "--rate", "16000", "--quiet", "--events-file", str(events_path)]
+    process = start_listen(fixture_bundle, *args, stdin=subprocess.PIPE)
     try:
         pcm = (np.tile(scenario(16000), 1) * 32767).astype("<i2").tobytes()
         process.stdin.write(pcm)  # 3.5 s of audio; the pipe stays open afterwards
@@ -181,17 +168,16 @@ def test_sigterm_with_stdin_still_open(fixture_bundle: Path, tmp_path: Path) -> 
             what="a decision event",
         )
         time.sleep(0.3)
-        sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        # A stop that waited on the blocked stdin reader would never come (the pipe stays
+        # open): the wait's timeout catches that hang; how fast it stops is not asserted.
         process.wait(timeout=15)
-        stop_s = time.monotonic() - sent
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         process.stdin.close()
     assert process.returncode == 0, process.stderr.read().decode()[-2000:]
-    assert stop_s < 2.0  # no wait on the blocked stdin reader
     events = list(read_events(events_path))
     assert events[-1]["type"] == "stop" and events[-1]["reason"] == "SIGTERM"
     assert events[-1]["windows_scored"] == 27 and events[-1]["audio_s"] == 3.5  # all it was sent

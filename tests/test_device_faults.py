@@ -21,13 +21,16 @@ import numpy as np
 import pytest
 
 from device.events import EventFile, EventFileError, read_events
-from tests.device_fixtures import REPO, bundle_for, device_env, noise, scenario, to_pcm16, write_wav
+from tests.device_fixtures import (
+    REPO,
+    device_env,
+    noise,
+    scenario,
+    start_listen,
+    to_pcm16,
+    write_wav,
+)
 from tests.test_device_api import TOKEN, request
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
 
 
 @pytest.fixture
@@ -264,22 +267,13 @@ def test_a_low_fd_limit_and_idle_connections_do_not_end_detection(
     config = tmp_path / "agent.toml"
     config.write_text("[events]\nmax_bytes = 3000\nbackups = 2\n")
     events_path = tmp_path / "events.jsonl"
-    args = [sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)]
-    args += ["--config", str(config), "--source", "stdin", "--rate", "16000", "--json"]
+    args = ["--config", str(config), "--source", "stdin", "--rate", "16000", "--json"]
     args += ["--every-window", "--events-file", str(events_path), "--api", "127.0.0.1:0"]
 
     def low_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
 
-    process = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=device_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=low_fd_limit,
-    )
+    process = start_listen(fixture_bundle, *args, stdin=subprocess.PIPE, preexec_fn=low_fd_limit)
     idle: list[socket.socket] = []
     try:
         start = json.loads(process.stdout.readline())

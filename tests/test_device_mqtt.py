@@ -36,7 +36,14 @@ from device.mqtt import (
 )
 from device.outbox import Outbox, Queued, Spool
 from tests.brokers import Message, Mosquitto, Subscriber, make_ca
-from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
+from tests.device_fixtures import (
+    REPO,
+    device_env,
+    json_lines,
+    listen_on_file,
+    scenario,
+    write_wav,
+)
 
 NODE = "testpi"
 BASE = f"clad/{NODE}"
@@ -449,11 +456,6 @@ def test_example_settings_and_docs_match_what_the_code_publishes() -> None:
     assert f"entity_id: {ids[0]}" in automation and 'to: "on"' in automation
 
 
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
-
-
 def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path) -> None:
     """`clad-agent listen --mqtt`: the broker gets the same decision events as stdout."""
     audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
@@ -461,16 +463,8 @@ def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path)
         sub = Subscriber(broker.port, ["clad/#"])
         config = tmp_path / "agent.toml"
         config.write_text(f'[mqtt]\nnode_id = "{NODE}"\nspool = "{tmp_path / "spool.sqlite3"}"\n')
-        out = subprocess.run(
-            [
-                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
-                *("--source", str(audio), "--json", "--config", str(config)),
-                *("--mqtt", f"mqtt://127.0.0.1:{broker.port}"),
-            ],
-            cwd=REPO,
-            env=device_env(),
-            capture_output=True,
-            timeout=60,
+        out = listen_on_file(
+            fixture_bundle, audio, config, "--mqtt", f"mqtt://127.0.0.1:{broker.port}"
         )
         assert out.returncode == 0, out.stderr.decode()[-2000:]
         decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]

@@ -4,7 +4,6 @@ of the agent while one browser session keeps the page open."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import signal
@@ -19,9 +18,16 @@ import pytest
 from device.api import AgentState, ApiServer
 from device.page import PAGE_HTML
 from device.runtime import Scorer
-from device.stream import Chunk, DecisionSettings, StreamPipeline
 from tests.browser import NAVIGATION_TIMING_JS, Chromium, Tab, chromium_or_skip
-from tests.device_fixtures import REPO, bundle_for, device_env, noise, scenario, tone, write_wav
+from tests.device_fixtures import (
+    REPO,
+    device_env,
+    http_request,
+    noise,
+    streamed_state,
+    tone,
+    write_wav,
+)
 
 TOKEN = "t0ken-for-page-tests"
 
@@ -42,11 +48,6 @@ def chromium(url: str, tmp_path: Path, *mode: str) -> tuple[subprocess.Completed
     return done, time.monotonic() - started
 
 
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
-
-
 @pytest.fixture(scope="module")
 def scorer(fixture_bundle: Path) -> Scorer:
     return Scorer(fixture_bundle, "int8")
@@ -55,31 +56,11 @@ def scorer(fixture_bundle: Path) -> Scorer:
 @pytest.fixture
 def state(scorer: Scorer) -> AgentState:
     """A real stream's windows and decision events, recorded as the agent does."""
-    state = AgentState({"model": scorer.describe()})
-    pipeline = StreamPipeline(scorer, DecisionSettings(threshold=scorer.threshold))
-    audio = scenario(16000)[:, None]
-    for result in pipeline.feed(Chunk(audio, 16000, time.monotonic())) + pipeline.finish():
-        state.record(result, latency_ms=1.0)
-        if result.changed:
-            state.note_event(
-                {
-                    "time": f"t{result.index}",
-                    "type": "decision",
-                    "decision": result.decision,
-                    "smoothed": result.smoothed,
-                }
-            )
-    return state
+    return streamed_state(scorer, latency_ms=1.0, note_decisions=True)
 
 
 def get(address: tuple[str, int], path: str, headers: dict | None = None):
-    connection = http.client.HTTPConnection(*address, timeout=10)
-    try:
-        connection.request("GET", path, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+    return http_request(address, "GET", path, None, headers)
 
 
 def test_the_page_is_self_contained() -> None:

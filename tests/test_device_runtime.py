@@ -19,7 +19,6 @@ from tests.device_fixtures import (
     HOP_SAMPLES,
     REPO,
     WINDOW_SAMPLES,
-    bundle_for,
     device_env,
     json_lines,
     noise,
@@ -29,11 +28,6 @@ from tests.device_fixtures import (
     tone,
     write_wav,
 )
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from device.stream import (
     WindowRing,
     replay,
 )
-from tests.device_fixtures import bundle_for, noise, scenario, to_pcm16, tone, write_wav
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest):
-    return bundle_for(request)
+from tests.device_fixtures import noise, scenario, to_pcm16, tone, write_wav
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ that fails first, a 4xx skipped, a receiver that is down and comes back, and the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from device.api import AgentState
 from device.config import ConfigError, WebhookSettings, load_settings
 from device.webhook import WebhookSender, sign, verify
 from tests.brokers import free_port
-from tests.device_fixtures import REPO, bundle_for, device_env, json_lines, scenario, write_wav
+from tests.device_fixtures import json_lines, listen_on_file, scenario, write_wav
 
 SECRET = "s3cret-for-tests"
 
@@ -206,26 +204,12 @@ def test_webhook_settings_are_checked_and_the_secret_never_echoed(tmp_path: Path
             load_settings(config)
 
 
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
-
-
 def test_the_agent_posts_its_decisions(fixture_bundle: Path, tmp_path: Path) -> None:
     audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
     with receiver() as hook:
         config = tmp_path / "agent.toml"
         config.write_text(f'[webhook]\nurls = ["{hook.url}"]\nsecret = "{SECRET}"\n')
-        out = subprocess.run(
-            [
-                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
-                *("--source", str(audio), "--json", "--config", str(config)),
-            ],
-            cwd=REPO,
-            env=device_env(),
-            capture_output=True,
-            timeout=60,
-        )
+        out = listen_on_file(fixture_bundle, audio, config)
         assert out.returncode == 0, out.stderr.decode()[-2000:]
     decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
     assert len(decisions) >= 3

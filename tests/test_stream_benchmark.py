@@ -25,12 +25,7 @@ from device.bundle import load_bundle
 from device.config import DecisionSettings
 from device.runtime import Scorer
 from device.stream import Chunk, StreamPipeline
-from tests.device_fixtures import bundle_for, noise, tone, write_wav
-
-
-@pytest.fixture(scope="session")
-def fixture_bundle(request: pytest.FixtureRequest) -> Path:
-    return bundle_for(request)
+from tests.device_fixtures import noise, tone, write_wav
 
 
 def _files(tmp_path: Path, scorer: Scorer) -> list[ScoredFile]:

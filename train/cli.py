@@ -17,6 +17,10 @@ _AUGMENT = AugmentConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """`python -m train`'s options, in groups.
+
+    Long because: one add_argument call (with its help text) per option, declarations only.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description=(

@@ -708,7 +708,49 @@ def train(
         torch.use_deterministic_algorithms(deterministic_before)
 
 
+@dataclass(frozen=True)
+class Built:
+    """What the build step hands to the epochs: data, model, optimizer and loader, ready to train.
+
+    `state` is the one mutable part: the epochs append to its history and move its counters.
+    """
+
+    splits: Splits
+    model: CLAD
+    train_model: nn.Module  # `model`, wrapped for DDP when distributed
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    loader: DataLoader
+    sampler: EpochSampler
+    dev_set: EvalSet
+    state: RunState
+    parameters: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class EpochTotals:
+    """One epoch's training sums over every rank."""
+
+    loss_sum: float
+    seen: float
+    norm_sum: float
+    clipped: float
+    steps: float
+    train_s: float
+
+
+@dataclass(frozen=True)
+class EpochEvaluation:
+    """The dev figures of one epoch: the history record and the checkpoint's dev summary."""
+
+    record: dict[str, Any]
+    dev_summary: dict[str, Any]
+    improved: bool
+
+
 def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress: bool) -> RunResult:
+    """Build, then per epoch: train, evaluate on dev, checkpoint; then the final evaluation."""
     run_dir = config.run_dir
     is_main = placement.is_main
     started = time.perf_counter()
@@ -723,8 +765,50 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
             placement.world_size,
             torch.get_num_threads(),
         )
+    built = _build(config, placement, resume, show_progress)
+    prep_s = time.perf_counter() - started
+    log.info("ready to train after %.1f s of data preparation", prep_s)
 
-    # Everything that can be wrong with the input fails here, before training.
+    state = built.state
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        totals = _train_epoch(built, config, placement, epoch, show_progress)
+        if is_main:
+            evaluation = _evaluate_epoch(built, config, placement, epoch, totals)
+            _checkpoint_epoch(built, config, epoch, evaluation)
+        state.epoch = epoch
+        if placement.distributed:
+            dist.barrier()
+
+    train_time_s = time.perf_counter() - started
+    metrics: dict[str, Any] = {}
+    if is_main:
+        final = _finish(config, placement, built.splits, built.dev_set, state, show_progress)
+        final["time_s"] = {
+            "data_preparation": round(prep_s, 1),
+            "train_and_dev_per_epoch": round(
+                sum(h["train_s"] + h["dev_eval_s"] for h in state.history), 1
+            ),
+            "until_final_evaluation": round(train_time_s, 1),
+            "total": round(time.perf_counter() - started, 1),
+        }
+        metrics = _metrics(config, state, built.parameters, built.macs, final, built.splits)
+        _write_json(run_dir / "metrics.json", metrics)
+        log.info("wrote %s", run_dir)
+    if placement.distributed:
+        dist.barrier()
+    return RunResult(run_dir, metrics)
+
+
+def _count_classes(records: list[Record]) -> str:
+    bonafide = sum(r.label == "bonafide" for r in records)
+    spoof = sum(r.label == "spoof" for r in records)
+    return f"{bonafide} bona fide / {spoof} spoof"
+
+
+def _build(config: TrainConfig, placement: Placement, resume: bool, show_progress: bool) -> Built:
+    """Read and check the data, build the model and optimizer (or resume them), cut the dev
+    windows and load the training signals. Everything that can be wrong with the input fails
+    here, before training."""
     splits = load_splits(config, show_progress)
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(placement.device)
@@ -746,23 +830,19 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
     )
     state = RunState()
     if resume:
-        state = load_resume_state(run_dir / "last.pt", model, optimizer, config)
+        state = load_resume_state(config.run_dir / "last.pt", model, optimizer, config)
         log.info("resuming after epoch %d of %d", state.epoch, config.epochs)
     model.to(placement.device)
-
-    def count(records: list[Record]) -> str:
-        return f"{sum(r.label == 'bonafide' for r in records)} bona fide / {sum(r.label == 'spoof' for r in records)} spoof"
-
     log.info(
         "data: train %s, dev %s, eval %s",
-        count(splits.train),
-        count(splits.dev),
-        count(splits.eval),
+        _count_classes(splits.train),
+        _count_classes(splits.dev),
+        _count_classes(splits.eval),
     )
 
     budget = config.cache_mb * 1_000_000
     dev_set = EvalSet(splits.dev, config, budget)
-    if is_main and state.epoch < config.epochs:
+    if placement.is_main and state.epoch < config.epochs:
         budget -= dev_set.cache(show_progress, "cutting dev windows")
     # A finished run resumed only to re-score needs no training signals.
     todo = splits.train if state.epoch < config.epochs else []
@@ -790,122 +870,123 @@ def _run(config: TrainConfig, placement: Placement, resume: bool, show_progress:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[placement.device.index] if placement.device.type == "cuda" else None
         )
-    prep_s = time.perf_counter() - started
-    log.info("ready to train after %.1f s of data preparation", prep_s)
+    return Built(
+        splits=splits,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        criterion=criterion,
+        loader=loader,
+        sampler=sampler,
+        dev_set=dev_set,
+        state=state,
+        parameters=parameters,
+        macs=macs,
+    )
 
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        epoch_started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout, per epoch
-        train_model.train()
-        loss_sum, seen, norm_sum, clipped, steps = 0.0, 0, 0.0, 0, 0
-        with _progress(f"epoch {epoch}/{config.epochs}", len(loader), show_progress) as advance:
-            for x, y in loader:
-                x = x.to(placement.device, non_blocking=True)
-                y = y.to(placement.device, non_blocking=True)
-                loss = criterion(train_model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip_norm > 0:
-                    norm = float(
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-                    )
-                    clipped += norm > config.grad_clip_norm
-                    norm_sum += norm
-                optimizer.step()
-                loss_sum += float(loss.detach()) * y.numel()
-                seen += y.numel()
-                steps += 1
-                advance(info=f"loss {loss_sum / seen:.4f}")
-        loss_sum, seen, norm_sum, clipped, steps = _all_reduce_sum(
-            [loss_sum, seen, norm_sum, clipped, steps], placement
-        )
-        train_s = time.perf_counter() - epoch_started
 
-        record: dict[str, Any] = {}
-        if is_main:
-            eval_started = time.perf_counter()
-            model.eval()
-            dev_scores = dev_set.score(model, placement.device)
-            dev = split_report(dev_set, dev_scores, None, None)
-            record = {
-                "epoch": epoch,
-                "train_loss": loss_sum / seen,
-                "grad_norm_mean": norm_sum / steps if config.grad_clip_norm > 0 else None,
-                "clipped_steps": int(clipped),
-                "steps": int(steps),
-                "dev_loss": dev["loss"],
-                "dev_eer": dev["eer"],
-                "dev_threshold_margin": dev["threshold_margin"],
-                "dev_threshold_p_spoof": dev["threshold_p_spoof"],
-                "dev_accuracy": dev["accuracy"],
-                "dev_per_attack_eer": dev["per_attack_eer"],
-                "train_s": round(train_s, 2),
-                "dev_eval_s": round(time.perf_counter() - eval_started, 2),
-            }
-            state.history.append(record)
-            improved = not state.best or (record["dev_eer"], record["dev_loss"]) < (
-                state.best["dev_eer"],
-                state.best["dev_loss"],
-            )
-            dev_summary = {
-                "eer": dev["eer"],
-                "threshold_margin": dev["threshold_margin"],
-                "threshold_p_spoof": dev["threshold_p_spoof"],
-                "accuracy": dev["accuracy"],
-                "loss": dev["loss"],
-            }
-            if improved:
-                state.best = {"epoch": epoch, "dev_eer": dev["eer"], "dev_loss": dev["loss"]}
-                save_checkpoint(
-                    run_dir / "best.pt",
-                    _checkpoint_payload(model, config, epoch, dev_summary, macs),
+def _train_epoch(
+    built: Built, config: TrainConfig, placement: Placement, epoch: int, show_progress: bool
+) -> EpochTotals:
+    """One pass over the training crops; the sums are reduced over every rank."""
+    epoch_started = time.perf_counter()
+    built.sampler.set_epoch(epoch)
+    torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout, per epoch
+    built.train_model.train()
+    loss_sum, seen, norm_sum, clipped, steps = 0.0, 0, 0.0, 0, 0
+    loader = built.loader
+    with _progress(f"epoch {epoch}/{config.epochs}", len(loader), show_progress) as advance:
+        for x, y in loader:
+            x = x.to(placement.device, non_blocking=True)
+            y = y.to(placement.device, non_blocking=True)
+            loss = built.criterion(built.train_model(x), y)
+            built.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip_norm > 0:
+                norm = float(
+                    nn.utils.clip_grad_norm_(built.model.parameters(), config.grad_clip_norm)
                 )
-            last = _checkpoint_payload(model, config, epoch, dev_summary, macs)
-            last.update(optimizer=optimizer.state_dict(), history=state.history, best=state.best)
-            save_checkpoint(run_dir / "last.pt", last)
-            _write_json(
-                run_dir / "metrics.json",
-                _metrics(config, state, parameters, macs, None, splits),
-            )
-            log.info(
-                "epoch %d/%d: train loss %.4f, dev loss %.4f, dev EER %.2f%% (threshold P(spoof) "
-                "%.3f, accuracy %.2f%%)%s; %.0f s train, %.0f s dev",
-                epoch,
-                config.epochs,
-                record["train_loss"],
-                record["dev_loss"],
-                100 * record["dev_eer"],
-                record["dev_threshold_p_spoof"],
-                100 * record["dev_accuracy"],
-                " best" if improved else "",
-                train_s,
-                record["dev_eval_s"],
-            )
-        state.epoch = epoch
-        if placement.distributed:
-            dist.barrier()
+                clipped += norm > config.grad_clip_norm
+                norm_sum += norm
+            built.optimizer.step()
+            loss_sum += float(loss.detach()) * y.numel()
+            seen += y.numel()
+            steps += 1
+            advance(info=f"loss {loss_sum / seen:.4f}")
+    sums = _all_reduce_sum([loss_sum, seen, norm_sum, clipped, steps], placement)
+    return EpochTotals(*sums, train_s=time.perf_counter() - epoch_started)
 
-    train_time_s = time.perf_counter() - started
-    final: dict[str, Any] | None = None
-    if is_main:
-        final = _finish(config, placement, splits, dev_set, state, show_progress)
-        final["time_s"] = {
-            "data_preparation": round(prep_s, 1),
-            "train_and_dev_per_epoch": round(
-                sum(h["train_s"] + h["dev_eval_s"] for h in state.history), 1
-            ),
-            "until_final_evaluation": round(train_time_s, 1),
-            "total": round(time.perf_counter() - started, 1),
-        }
-        metrics = _metrics(config, state, parameters, macs, final, splits)
-        _write_json(run_dir / "metrics.json", metrics)
-        log.info("wrote %s", run_dir)
-    else:
-        metrics = {}
-    if placement.distributed:
-        dist.barrier()
-    return RunResult(run_dir, metrics)
+
+def _evaluate_epoch(
+    built: Built, config: TrainConfig, placement: Placement, epoch: int, totals: EpochTotals
+) -> EpochEvaluation:
+    """Dev figures after one epoch (main rank): the history record, and whether it is the best."""
+    eval_started = time.perf_counter()
+    built.model.eval()
+    dev_scores = built.dev_set.score(built.model, placement.device)
+    dev = split_report(built.dev_set, dev_scores, None, None)
+    record = {
+        "epoch": epoch,
+        "train_loss": totals.loss_sum / totals.seen,
+        "grad_norm_mean": totals.norm_sum / totals.steps if config.grad_clip_norm > 0 else None,
+        "clipped_steps": int(totals.clipped),
+        "steps": int(totals.steps),
+        "dev_loss": dev["loss"],
+        "dev_eer": dev["eer"],
+        "dev_threshold_margin": dev["threshold_margin"],
+        "dev_threshold_p_spoof": dev["threshold_p_spoof"],
+        "dev_accuracy": dev["accuracy"],
+        "dev_per_attack_eer": dev["per_attack_eer"],
+        "train_s": round(totals.train_s, 2),
+        "dev_eval_s": round(time.perf_counter() - eval_started, 2),
+    }
+    best = built.state.best
+    improved = not best or (record["dev_eer"], record["dev_loss"]) < (
+        best["dev_eer"],
+        best["dev_loss"],
+    )
+    dev_summary = {
+        key: dev[key]
+        for key in ("eer", "threshold_margin", "threshold_p_spoof", "accuracy", "loss")
+    }
+    return EpochEvaluation(record, dev_summary, improved)
+
+
+def _checkpoint_epoch(
+    built: Built, config: TrainConfig, epoch: int, evaluation: EpochEvaluation
+) -> None:
+    """Record the epoch: history, best.pt when it improved, last.pt, metrics.json, the log line."""
+    run_dir = config.run_dir
+    state = built.state
+    record = evaluation.record
+    state.history.append(record)
+    if evaluation.improved:
+        state.best = {"epoch": epoch, "dev_eer": record["dev_eer"], "dev_loss": record["dev_loss"]}
+        save_checkpoint(
+            run_dir / "best.pt",
+            _checkpoint_payload(built.model, config, epoch, evaluation.dev_summary, built.macs),
+        )
+    last = _checkpoint_payload(built.model, config, epoch, evaluation.dev_summary, built.macs)
+    last.update(optimizer=built.optimizer.state_dict(), history=state.history, best=state.best)
+    save_checkpoint(run_dir / "last.pt", last)
+    _write_json(
+        run_dir / "metrics.json",
+        _metrics(config, state, built.parameters, built.macs, None, built.splits),
+    )
+    log.info(
+        "epoch %d/%d: train loss %.4f, dev loss %.4f, dev EER %.2f%% (threshold P(spoof) "
+        "%.3f, accuracy %.2f%%)%s; %.0f s train, %.0f s dev",
+        epoch,
+        config.epochs,
+        record["train_loss"],
+        record["dev_loss"],
+        100 * record["dev_eer"],
+        record["dev_threshold_p_spoof"],
+        100 * record["dev_accuracy"],
+        " best" if evaluation.improved else "",
+        record["train_s"],
+        record["dev_eval_s"],
+    )
 
 
 def _finish(
@@ -926,40 +1007,38 @@ def _finish(
     model.to(placement.device).eval()
     final: dict[str, Any] = {"best_epoch": int(best.data["epoch"])}
     train_attacks = {r.attack for r in splits.train if r.label == "spoof"}
-
-    dev_scores = dev_set.score(model, placement.device, show_progress, "dev")
-    dev_report = split_report(dev_set, dev_scores, None, None)
-    final["dev"] = dev_report
-    threshold = dev_report["threshold_margin"]
-    write_asvspoof_scores(
-        run_dir / "scores_dev.txt",
-        [r.utterance_id or Path(r.path).stem for r in dev_set.records],
-        dev_set.attacks,
-        [r.label for r in dev_set.records],
-        dev_scores,
-    )
-    curves = {"dev": (spoof_margins(dev_scores), dev_set.labels)}
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_histograms(
-        curves["dev"][0], dev_set.labels, plots / "hist_dev.png", threshold, "dev scores"
-    )
-    if splits.eval:
-        eval_set = EvalSet(splits.eval, config, 0)
-        eval_scores = eval_set.score(model, placement.device, show_progress, "eval")
-        eval_report = split_report(eval_set, eval_scores, threshold, train_attacks)
-        final["eval"] = eval_report
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def score_split(name: str, eval_set: EvalSet, threshold: float | None) -> dict[str, Any]:
+        """One split's report, score file, histogram and DET curve, at `threshold` (None: the
+        split's own EER threshold; the histogram then marks that one)."""
+        scores = eval_set.score(model, placement.device, show_progress, name)
+        split = split_report(
+            eval_set, scores, threshold, None if threshold is None else train_attacks
+        )
         write_asvspoof_scores(
-            run_dir / "scores_eval.txt",
+            run_dir / f"scores_{name}.txt",
             [r.utterance_id or Path(r.path).stem for r in eval_set.records],
             eval_set.attacks,
             [r.label for r in eval_set.records],
-            eval_scores,
+            scores,
         )
-        curves["eval"] = (spoof_margins(eval_scores), eval_set.labels)
+        curves[name] = (spoof_margins(scores), eval_set.labels)
+        marked = split["threshold_margin"] if threshold is None else threshold
         plot_histograms(
-            curves["eval"][0], eval_set.labels, plots / "hist_eval.png", threshold, "eval scores"
+            curves[name][0], eval_set.labels, plots / f"hist_{name}.png", marked, f"{name} scores"
         )
+        return split
+
+    dev_report = score_split("dev", dev_set, None)
+    final["dev"] = dev_report
+    if splits.eval:
+        eval_report = score_split(
+            "eval", EvalSet(splits.eval, config, 0), dev_report["threshold_margin"]
+        )
+        final["eval"] = eval_report
         log.info(
             "best epoch %d: dev EER %.2f%%, eval EER %.2f%% (unseen attacks %s: %s), eval "
             "accuracy at the dev threshold %.2f%%",

@@ -63,6 +63,15 @@ class CorpusError(RuntimeError):
     """The corpus could not be built or checked; the message names the file and the problem."""
 
 
+def check_duration_range(min_duration_s: float, max_duration_s: float) -> None:
+    """Utterance lengths both builders accept: 0.5 s <= min < max. Raises ValueError."""
+    if not 0.5 <= min_duration_s < max_duration_s:
+        raise ValueError(
+            f"expected 0.5 <= min_duration_s < max_duration_s, got "
+            f"{min_duration_s} and {max_duration_s}"
+        )
+
+
 @dataclass(frozen=True)
 class CorpusSettings:
     """Everything the corpus is a function of. Saved in stats.json next to the corpus."""
@@ -100,11 +109,7 @@ class CorpusSettings:
                 )
         if self.sources_per_task < 1:
             raise ValueError(f"expected sources_per_task >= 1, got {self.sources_per_task}")
-        if not 0.5 <= self.min_duration_s < self.max_duration_s:
-            raise ValueError(
-                f"expected 0.5 <= min_duration_s < max_duration_s, got "
-                f"{self.min_duration_s} and {self.max_duration_s}"
-            )
+        check_duration_range(self.min_duration_s, self.max_duration_s)
 
     def size(self, split: str) -> int:
         return int(getattr(self, split))
@@ -609,6 +614,12 @@ def _settings_json(settings: CorpusSettings) -> dict[str, Any]:
 
 def is_up_to_date(settings: CorpusSettings, root: Path) -> bool:
     """A corpus built from these settings is already at `root`, every file in place."""
+    return built_from(_settings_json(settings), root)
+
+
+def built_from(settings_json: dict[str, Any], root: Path) -> bool:
+    """`root` holds a complete corpus whose stats.json records exactly `settings_json`, and
+    every file its protocols name (either builder's corpus: both write this layout)."""
     stats_file = stats_path(root)
     if not stats_file.is_file():
         return False
@@ -617,7 +628,7 @@ def is_up_to_date(settings: CorpusSettings, root: Path) -> bool:
         rows = read_protocols(root)
     except (json.JSONDecodeError, CorpusError):
         return False
-    if stats.get("settings") != _settings_json(settings) or not stats.get("complete"):
+    if stats.get("settings") != settings_json or not stats.get("complete"):
         return False
     return all((audio_dir(root, split) / f"{utt}.flac").is_file() for split, utt, _s, _l in rows)
 

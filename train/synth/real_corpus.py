@@ -48,7 +48,6 @@ from train.synth.corpus import (
     check_cues,
     format_cue_report,
     protocol_path,
-    read_protocols,
     run_parallel,
     stats_path,
 )
@@ -203,11 +202,7 @@ class RealCorpusSettings:
                     f"expected at least {len(_split_speakers(split))} {split} bona fide "
                     f"utterances (one per speaker of the split), got {getattr(self, split)}"
                 )
-        if not 0.5 <= self.min_duration_s < self.max_duration_s:
-            raise ValueError(
-                f"expected 0.5 <= min_duration_s < max_duration_s, got "
-                f"{self.min_duration_s} and {self.max_duration_s}"
-            )
+        espeak_corpus.check_duration_range(self.min_duration_s, self.max_duration_s)
         if self.files_per_task < 1:
             raise ValueError(f"expected files_per_task >= 1, got {self.files_per_task}")
 
@@ -735,20 +730,6 @@ def _python_versions() -> dict[str, str]:
     return out
 
 
-def is_up_to_date(settings_json: dict[str, Any], root: Path) -> bool:
-    stats_file = stats_path(root)
-    if not stats_file.is_file():
-        return False
-    try:
-        stats = json.loads(stats_file.read_text())
-        rows = read_protocols(root)
-    except (json.JSONDecodeError, CorpusError):
-        return False
-    if stats.get("settings") != settings_json or not stats.get("complete"):
-        return False
-    return all((audio_dir(root, split) / f"{u}.flac").is_file() for split, u, _s, _l in rows)
-
-
 def _remove_previous(root: Path) -> None:
     """The espeak builder's clean-up (protocols, audio, stats.json) and the TTS staging folder."""
     espeak_corpus._remove_previous(root)
@@ -786,7 +767,7 @@ def build(
     packages = fetch([*BONAFIDE_PACKAGES, *TOOL_PACKAGES], cache)
     fetch_s = time.perf_counter() - started
     settings_json = _settings_json(settings, packages)
-    if not force and is_up_to_date(settings_json, root):
+    if not force and espeak_corpus.built_from(settings_json, root):
         stats = json.loads(stats_path(root).read_text())
         log(f"{root}: demo corpus already built from these settings (use --force to rebuild)")
         log(stats.get("counts_table", ""))
@@ -814,6 +795,45 @@ def build(
     tts_s = time.perf_counter() - step
 
     step = time.perf_counter()
+    flat = _render(settings, files, packages, root, staging, jobs)
+    render_s = time.perf_counter() - step
+    for split in SPLITS:
+        ordered = sorted(files[split], key=lambda f: f.utterance_id)
+        protocol_path(root, split).write_text("\n".join(f.protocol_line() for f in ordered) + "\n")
+    shutil.rmtree(staging)
+
+    languages = language_report(files)
+    stats = _stats(settings_json, files, flat, packages, found, unreadable, people, languages)
+    stats["build"] = {
+        "jobs": jobs,
+        "fetch_wall_s": round(fetch_s, 1),
+        "packages_from_cache": all(p.cache_hit for p in packages.values()),
+        "utterance_search_wall_s": round(find_s, 1),
+        "tts_wall_s": round(tts_s, 1),
+        "render_wall_s": round(render_s, 1),
+        "render_cpu_ms_per_file": {
+            system: round(
+                1000 * float(np.mean([r["cpu_s"] for r in flat if r["system_id"] == system])),
+                1,
+            )
+            for system in sorted({r["system_id"] for r in flat})
+        },
+    }
+    log(format_language_report(languages))
+    _check_and_write(stats, root, jobs, check, started, len(flat), log)
+    return stats
+
+
+def _render(
+    settings: RealCorpusSettings,
+    files: dict[str, list[Any]],
+    packages: dict[str, Any],
+    root: Path,
+    staging: Path,
+    jobs: int,
+) -> list[dict[str, Any]]:
+    """Render every planned file (speaker by speaker, in tasks of files_per_task) into the
+    split folders; one result per file."""
     roots = tuple(sorted((name, p.root) for name, p in packages.items()))
     dirs = tuple((split, str(audio_dir(root, split))) for split in SPLITS)
     everything = sorted(
@@ -833,16 +853,22 @@ def build(
     results = run_parallel(
         run_render_task, tasks, jobs, False, [len(t.files) for t in tasks], "demo corpus"
     )
-    render_s = time.perf_counter() - step
-    flat = [r for result in results for r in result]
-    for split in SPLITS:
-        ordered = sorted(files[split], key=lambda f: f.utterance_id)
-        protocol_path(root, split).write_text("\n".join(f.protocol_line() for f in ordered) + "\n")
-    shutil.rmtree(staging)
+    return [r for result in results for r in result]
 
-    languages = language_report(files)
+
+def _stats(
+    settings_json: dict[str, Any],
+    files: dict[str, list[Any]],
+    flat: list[dict[str, Any]],
+    packages: dict[str, Any],
+    found: Any,
+    unreadable: Any,
+    people: Any,
+    languages: Any,
+) -> dict[str, Any]:
+    """stats.json's description of the corpus (build timings are added by the caller)."""
     durations = np.array([r["duration_s"] for r in flat])
-    stats: dict[str, Any] = {
+    return {
         "corpus": "clad-edge demo corpus: real speech and fakes of it (ASVspoof 2019 LA layout)",
         "purpose": "a small offline detector that means something on real audio; real "
         "datasets do better",
@@ -875,23 +901,19 @@ def build(
             for a in ATTACKS
         },
         "final_codecs": dict(Counter(r["codec"] for r in flat).most_common()),
-        "build": {
-            "jobs": jobs,
-            "fetch_wall_s": round(fetch_s, 1),
-            "packages_from_cache": all(p.cache_hit for p in packages.values()),
-            "utterance_search_wall_s": round(find_s, 1),
-            "tts_wall_s": round(tts_s, 1),
-            "render_wall_s": round(render_s, 1),
-            "render_cpu_ms_per_file": {
-                system: round(
-                    1000 * float(np.mean([r["cpu_s"] for r in flat if r["system_id"] == system])),
-                    1,
-                )
-                for system in sorted({r["system_id"] for r in flat})
-            },
-        },
     }
-    log(format_language_report(languages))
+
+
+def _check_and_write(
+    stats: dict[str, Any],
+    root: Path,
+    jobs: int,
+    check: bool,
+    started: float,
+    file_count: int,
+    log: Any,
+) -> None:
+    """The cue check (with `check`), then stats.json; a failed check raises after writing."""
     if check:
         step = time.perf_counter()
         report = check_cues(root, jobs)
@@ -901,7 +923,7 @@ def build(
     stats["build"]["total_wall_s"] = round(time.perf_counter() - started, 1)
     stats_path(root).write_text(json.dumps(stats, indent=2) + "\n")
     log(
-        f"{len(flat)} files ({sum(stats['hours'].values()):.2f} h) and {stats_path(root)} "
+        f"{file_count} files ({sum(stats['hours'].values()):.2f} h) and {stats_path(root)} "
         f"in {stats['build']['total_wall_s']:.1f} s"
     )
     if check and not stats["cues"]["passed"]:
@@ -909,4 +931,3 @@ def build(
             f"shortcut cue: {stats['cues']['worst_feature']} separates the classes with "
             f"{100 * stats['cues']['worst_eer']:.1f}% EER (see {stats_path(root)})"
         )
-    return stats
