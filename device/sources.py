@@ -285,8 +285,9 @@ class FileSource(Source):
             piece = samples[first : first + chunk_frames]
             if self.realtime:
                 due = start + (first + piece.shape[0]) / self._rate
+                # One wait per chunk: a stop request ends it at once (Event.wait).
                 while (wait := due - time.monotonic()) > 0:
-                    if self._stop.wait(min(wait, 0.05)):
+                    if self._stop.wait(wait):
                         return
             if not self._deliver(piece, self._rate, time.monotonic()):
                 return
