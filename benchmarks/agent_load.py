@@ -10,7 +10,8 @@ window and writes every event to a file, as it would on a Pi. Reports:
 
 - CPU use as a percentage of one core: over the whole run, and steady state (from the
   agent's start event, after imports and model load, to its exit);
-- peak RSS of the agent process (ru_maxrss from wait4);
+- peak RSS of the agent process (VmHWM from /proc, polled while it runs: the child's
+  ru_maxrss from wait4 would include this process's own peak, see _vm_hwm_mib);
 - latency from a window's last sample arriving to its event (the events' latency_ms),
   p50 / p95 / max, and the model's own time per window (inference_ms);
 - cold start: the spawn of `listen` on a short file read at full speed to its first window
@@ -80,6 +81,22 @@ def _proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _vm_hwm_mib(pid: int) -> float | None:
+    """The peak RSS (VmHWM) of a live process's own image, from /proc (Linux).
+
+    Not the child's ru_maxrss from wait4: Linux carries the spawning process's peak over a
+    fork and exec into it, so a parent holding a minute of 48 kHz audio (this one) would be
+    reported as the agent's peak.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "max": None, "n": 0}
@@ -139,9 +156,11 @@ def measure(
         steady_start: tuple[float, float] | None = None
         show = sys.stderr.isatty()
         next_note = started + 10
+        peak_mib = 0.0
         # wait4 gives this child's own rusage; RUSAGE_CHILDREN would add up every child
         # this process ever reaped (a test runner has reaped many).
         while True:
+            peak_mib = max(peak_mib, _vm_hwm_mib(process.pid) or 0.0)
             reaped, status, usage = os.wait4(process.pid, os.WNOHANG)
             if reaped:
                 process.returncode = os.waitstatus_to_exitcode(status)
@@ -183,7 +202,8 @@ def measure(
         "wall_s": round(wall_s, 2),
         "cpu_percent_of_one_core": round(100.0 * cpu_total_s / wall_s, 2),
         "cpu_percent_of_one_core_steady": steady,
-        "peak_rss_mib": round(usage.ru_maxrss / 1024.0, 1),
+        "peak_rss_mib": round(peak_mib, 1),
+        "ru_maxrss_mib": round(usage.ru_maxrss / 1024.0, 1),  # includes this process's peak
         "windows": len(windows),
         "overflows": stop.get("overflows"),
         "latency_ms": _percentiles([e["latency_ms"] for e in windows]),
@@ -212,19 +232,27 @@ def cold_start(
                 "--source", str(audio), "--every-window", "--quiet", "--model", model,
                 "--events-file", str(events_path), "--heartbeat-s", "3600",
             ])  # fmt: skip
-            spawned = time.monotonic()
-            process = subprocess.Popen(
-                command, cwd=agent_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            _, status, usage = os.wait4(process.pid, 0)
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            stderr_path = tmp_dir / f"stderr{run}.txt"
+            with open(stderr_path, "wb") as stderr_file:
+                spawned = time.monotonic()
+                process = subprocess.Popen(
+                    command, cwd=agent_root, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file
+                )
+            peak_mib = 0.0
+            while True:
+                peak_mib = max(peak_mib, _vm_hwm_mib(process.pid) or 0.0)
+                reaped, status, _usage = os.wait4(process.pid, os.WNOHANG)
+                if reaped:
+                    break
+                time.sleep(0.01)
             if os.waitstatus_to_exitcode(status) != 0:
+                stderr = stderr_path.read_text(errors="replace")
                 raise RuntimeError(f"the agent exited {status}: {stderr[-2000:]}")
             events = [json.loads(line) for line in events_path.read_text().splitlines() if line]
             first = next(e for e in events if e["type"] in ("window", "decision"))
             # monotonic_s is CLOCK_MONOTONIC, the clock time.monotonic() reads here too.
             times_s.append(first["monotonic_s"] - spawned)
-            rss_mib.append(round(usage.ru_maxrss / 1024.0, 1))
+            rss_mib.append(round(peak_mib, 1))
     return {
         "cold_start_s": round(float(np.median(times_s)), 3),
         "cold_starts_s": [round(t, 3) for t in times_s],
@@ -336,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON report; the profiles go next to it (default benchmarks/results/agent_load.json)",
     )
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the agent runs in its own tree's directory
     trees = {"this tree": REPO}
     if args.baseline_root is not None:
         trees = {"baseline": args.baseline_root.resolve(), "this tree": REPO}

@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)  # run as a script: benchmarks/ is no top-level package directory
+
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     # stage -> (file suffix, function name) whose cumulative times add up to the stage
     "source": (("device/sources.py", "_run"),),
@@ -53,6 +56,10 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def _peak_rss_mib() -> float:
+    """This image's peak RSS (VmHWM): ru_maxrss would carry over the spawning parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024.0, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 

@@ -214,6 +214,7 @@ class Agent:
         self.api = api
         self.state = state
         self.pipeline = StreamPipeline(scorer, settings.decision.with_threshold(scorer.threshold))
+        self.pipeline.prepare(source.expected_rate)  # a resampler's imports before listening
         self.heartbeat_s = settings.events.heartbeat_s
         self._stop = threading.Event()
         self._stop_reason = ""

@@ -64,7 +64,10 @@ def _clean(value: Any) -> Any:
 
 def encode_event(event: dict[str, Any]) -> str:
     """One line of JSON (no newline inside), keys in insertion order."""
-    return json.dumps(_clean(event), separators=(", ", ": "), allow_nan=False)
+    try:  # the common case: every number finite, no copy of the event
+        return json.dumps(event, separators=(", ", ": "), allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: null instead, as _clean does
+        return json.dumps(_clean(event), separators=(", ", ": "), allow_nan=False)
 
 
 class EventFileError(OSError):

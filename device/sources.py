@@ -180,6 +180,11 @@ class Source:
     def describe(self) -> dict[str, Any]:
         return {"source": self.name}
 
+    @property
+    def expected_rate(self) -> int | None:
+        """The sample rate the chunks will most likely have (None: unknown until opened)."""
+        return self.stats.sample_rate or None
+
     # ----------------------------------------------------------------- reader side
 
     def _run(self) -> None:
@@ -506,6 +511,11 @@ class MicSource(Source):
         self._pyaudio = pyaudio_module or import_pyaudio()
         self._sleep = sleep or self._stop.wait
         self.name = f"mic:{device}" if device not in (None, "") else "mic"
+
+    @property
+    def expected_rate(self) -> int | None:
+        # The rate asked for, else the first rate tried at open (most devices take it).
+        return int(self.requested_rate or PREFERRED_RATES[0])
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -269,6 +269,7 @@ class StreamPipeline:
         self.decider = Decider(decision)
         self.silence_floor_dbfs = scorer.silence_floor_dbfs
         self._resampler: StreamingResampler | None = None
+        self._prepared: StreamingResampler | None = None  # built by prepare(), not used yet
         self._pending: list[np.ndarray] = []  # mono chunks not resampled yet (no window due)
         self._pending_samples = 0
         self._last_arrival_s = 0.0
@@ -305,6 +306,13 @@ class StreamPipeline:
                 )
             )
         return results
+
+    def prepare(self, sample_rate: int | None) -> None:
+        """Build the resampler for the rate the source is expected to deliver, before any
+        audio: its filter design and scipy.signal's import (about a second on a loaded
+        core) then belong to the start-up, not to the first window's latency."""
+        if sample_rate:
+            self._prepared = StreamingResampler(int(sample_rate), SAMPLE_RATE)
 
     @property
     def samples_seen(self) -> int:
@@ -352,7 +360,11 @@ class StreamPipeline:
             self.discontinuities += 1
             results += self._end_segment()
         if self._resampler is None:
-            self._resampler = StreamingResampler(chunk.sample_rate, SAMPLE_RATE)
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared.from_rate == chunk.sample_rate:
+                self._resampler = prepared
+            else:
+                self._resampler = StreamingResampler(chunk.sample_rate, SAMPLE_RATE)
         mono = to_mono(np.asarray(chunk.samples, dtype=np.float32))
         self._last_arrival_s = chunk.arrival_s
         self._pending.append(mono)
