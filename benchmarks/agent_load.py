@@ -37,6 +37,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +46,7 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48000
+CHUNK_MS = 64.0
 COLD_START_AUDIO_S = 2.0
 
 
@@ -79,6 +81,29 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _feed_pcm(
+    process: subprocess.Popen, pcm: np.ndarray, rate: int, chunk_ms: float, events_path: Path
+) -> None:
+    """Write int16 frames to the agent's stdin a chunk at a time, at real-time pace, from
+    its start event on (a microphone's audio before that would be lost, not queued)."""
+    assert process.stdin is not None  # opened with stdin=PIPE
+    frames = max(1, round(chunk_ms * rate / 1000.0))
+    while process.poll() is None and not (events_path.exists() and events_path.stat().st_size):
+        time.sleep(0.01)
+    start = time.monotonic()
+    try:
+        for first in range(0, pcm.shape[0], frames):
+            piece = pcm[first : first + frames]
+            due = start + (first + piece.shape[0]) / rate
+            if (wait := due - time.monotonic()) > 0:
+                time.sleep(wait)
+            process.stdin.write(piece.tobytes())
+            process.stdin.flush()
+        process.stdin.close()
+    except (BrokenPipeError, ValueError):  # the agent exited early: measure() reports it
+        return
 
 
 def _vm_hwm_mib(pid: int) -> float | None:
@@ -132,17 +157,27 @@ def measure(
     rate: int = RATE,
     agent_root: Path = REPO,
     profile_out: Path | None = None,
+    source: str = "file",
+    chunk_ms: float = CHUNK_MS,
 ) -> dict:
-    """One run; `extra_args` go to `listen` as well (e.g. --mqtt URL, see alerts_load)."""
+    """One run; `extra_args` go to `listen` as well (e.g. --mqtt URL, see alerts_load).
+
+    `source` "file": the agent reads the recording itself (--realtime); "stdin": this
+    process writes it as raw PCM to the agent's stdin at real-time pace, as `arecord | `
+    would, so the agent holds no decoded file (its memory is what a microphone costs).
+    """
     with tempfile.TemporaryDirectory(prefix="agent-load-") as tmp:
         tmp_dir = Path(tmp)
         audio = audio or make_audio(tmp_dir / "stream.wav", seconds, rate=rate)
         capture_rate = sf.info(str(audio)).samplerate
         events_path = tmp_dir / "events.jsonl"
+        if source == "stdin":
+            source_args = ["--source", "stdin", "--rate", str(capture_rate)]
+        else:
+            source_args = ["--source", str(audio), "--realtime"]
         command, env = _agent_command(python, agent_root, profile_out, [
-            "--log-level", "warning", "listen",
-            "--bundle", str(bundle), "--source", str(audio),
-            "--realtime", "--chunk-ms", "64", "--every-window", "--quiet", "--model", model,
+            "--log-level", "warning", "listen", "--bundle", str(bundle), *source_args,
+            "--chunk-ms", f"{chunk_ms:g}", "--every-window", "--quiet", "--model", model,
             "--threads", str(threads), "--events-file", str(events_path),
             "--heartbeat-s", "3600", *extra_args,
         ])  # fmt: skip
@@ -151,8 +186,21 @@ def measure(
         stderr_path = tmp_dir / "stderr.txt"
         with open(stderr_path, "wb") as stderr_file:
             process = subprocess.Popen(
-                command, cwd=agent_root, env=env, stdout=subprocess.DEVNULL, stderr=stderr_file
+                command,
+                cwd=agent_root,
+                env=env,
+                stdin=subprocess.PIPE if source == "stdin" else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_file,
             )
+        if source == "stdin":
+            pcm, _ = sf.read(str(audio), dtype="int16", always_2d=True)
+            feeder = threading.Thread(
+                target=_feed_pcm,
+                args=(process, pcm, capture_rate, chunk_ms, events_path),
+                daemon=True,
+            )
+            feeder.start()
         steady_start: tuple[float, float] | None = None
         show = sys.stderr.isatty()
         next_note = started + 10
@@ -198,7 +246,8 @@ def measure(
         "hop_samples": start_event.get("hop_samples"),
         "audio_s": stop.get("audio_s"),
         "capture_rate_hz": capture_rate,
-        "chunk_ms": 64,
+        "chunk_ms": chunk_ms,
+        "source": source,
         "wall_s": round(wall_s, 2),
         "cpu_percent_of_one_core": round(100.0 * cpu_total_s / wall_s, 2),
         "cpu_percent_of_one_core_steady": steady,
@@ -262,12 +311,21 @@ def cold_start(
 
 
 def profile(
-    bundle: Path, seconds: float, model: str, python: str, rate: int, agent_root: Path, out: Path
+    bundle: Path,
+    seconds: float,
+    model: str,
+    python: str,
+    rate: int,
+    agent_root: Path,
+    out: Path,
+    source: str = "file",
+    chunk_ms: float = CHUNK_MS,
 ) -> dict:
     """A run under benchmarks.agent_profile: CPU per stage and RSS by stage."""
     run = measure(
-        bundle, seconds, model, 1, None, python, rate=rate, agent_root=agent_root, profile_out=out
-    )
+        bundle, seconds, model, 1, None, python, rate=rate, agent_root=agent_root,
+        profile_out=out, source=source, chunk_ms=chunk_ms,
+    )  # fmt: skip
     report = json.loads(out.read_text())
     report["run"] = {k: run[k] for k in ("cpu_percent_of_one_core_steady", "peak_rss_mib")}
     report["audio_s"] = run["audio_s"]
@@ -297,7 +355,8 @@ def stage_table(profiles: dict[str, dict]) -> list[str]:
 def _summary(report: dict) -> list[str]:
     lat, inf = report["latency_ms"], report["inference_ms"]
     return [
-        f"  audio {report['audio_s']} s at {report['capture_rate_hz']} Hz paced in real time, "
+        f"  audio {report['audio_s']} s at {report['capture_rate_hz']} Hz paced in real time "
+        f"({report['source']}, {report['chunk_ms']:g} ms chunks), "
         f"{report['windows']} windows, {report['overflows']} overflows",
         f"  CPU  {report['cpu_percent_of_one_core']} % of one core over the run, "
         f"{report['cpu_percent_of_one_core_steady']} % steady state",
@@ -326,6 +385,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--audio", type=Path, default=None, help="a recording to replay instead (default: made up)"
+    )
+    parser.add_argument(
+        "--source",
+        choices=["file", "stdin"],
+        default="file",
+        help="file: the agent reads the recording paced in real time (--realtime); stdin: "
+        "this process pipes it as raw PCM at real-time pace, as arecord would (default file)",
+    )
+    parser.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=CHUNK_MS,
+        help=f"the agent's read size in ms, as --chunk-ms of listen (default {CHUNK_MS:g})",
     )
     parser.add_argument(
         "--python",
@@ -381,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.python,
                     rate=args.rate,
                     agent_root=root,
+                    source=args.source,
+                    chunk_ms=args.chunk_ms,
                 )
             )
     colds = {}
@@ -396,8 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out.with_name(f"{args.out.stem}.profile.{slug}.json")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             profiles[name] = profile(
-                args.bundle, args.seconds, args.model, args.python, args.rate, root, out
-            )
+                args.bundle, args.seconds, args.model, args.python, args.rate, root, out,
+                source=args.source, chunk_ms=args.chunk_ms,
+            )  # fmt: skip
     report = {
         "runs": runs,
         "cold_start": colds,
