@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # the agent runs in its own tree's directory
+    args.python = os.path.abspath(args.python)  # the same (a venv's link is not resolved)
     trees = {"this tree": REPO}
     if args.baseline_root is not None:
         trees = {"baseline": args.baseline_root.resolve(), "this tree": REPO}
@@ -457,12 +458,16 @@ def main(argv: list[str] | None = None) -> int:
                     chunk_ms=args.chunk_ms,
                 )
             )
-    colds = {}
-    if args.cold_starts > 0:
+    colds: dict[str, dict] = {}
+    for _ in range(args.cold_starts):  # one at a time per tree, alternating: the same load
         for name, root in trees.items():
-            colds[name] = cold_start(
-                args.bundle, args.model, args.python, args.rate, root, args.cold_starts
-            )
+            one = cold_start(args.bundle, args.model, args.python, args.rate, root, runs=1)
+            if name not in colds:
+                colds[name] = {**one, "cold_starts_s": [], "peak_rss_mib": []}
+            colds[name]["cold_starts_s"] += one["cold_starts_s"]
+            colds[name]["peak_rss_mib"] += one["peak_rss_mib"]
+    for cold in colds.values():
+        cold["cold_start_s"] = round(float(np.median(cold["cold_starts_s"])), 3)
     profiles = {}
     if args.profile:
         for name, root in trees.items():

@@ -239,3 +239,30 @@ def test_the_agent_process_starts_without_scipy(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     # device.api (the HTTP server) is imported here on purpose: it needs none of them either.
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_agent_load_profiles_a_16khz_stdin_stream(fixture_bundle: Path, tmp_path: Path) -> None:
+    from benchmarks.agent_load import main as agent_load
+
+    out = tmp_path / "agent_load.json"
+    args = ["--bundle", str(fixture_bundle), "--seconds", "1.5", "--rate", "16000"]
+    args += ["--source", "stdin", "--profile", "--cold-starts", "1", "--out", str(out)]
+    assert agent_load(args) == 0
+    report = json.loads(out.read_text())
+    run = report["runs"]["this tree"][0]
+    assert run["source"] == "stdin" and run["capture_rate_hz"] == 16000
+    assert run["audio_s"] == 1.5 and run["windows"] == 11 and run["overflows"] == 0
+    assert 10 < run["peak_rss_mib"] <= run["ru_maxrss_mib"]
+    cold = report["cold_start"]["this tree"]
+    assert len(cold["cold_starts_s"]) == 1 and cold["cold_start_s"] > 0
+    profile = report["profiles"]["this tree"]
+    assert set(profile["stages_cpu_s"]) == {
+        "source", "queue", "resample", "ring", "gate", "model", "decide", "events",
+    }  # fmt: skip
+    assert profile["stages_cpu_s"]["model"] > 0 and profile["stages_cpu_s"]["events"] > 0
+    rss = profile["peak_rss_mib"]
+    assert rss["interpreter"] <= rss["imports"] <= rss["agent_built"] <= rss["end"]
+    assert out.with_name("agent_load.profile.this_tree.json").is_file()
