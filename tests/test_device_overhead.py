@@ -266,3 +266,13 @@ def test_agent_load_profiles_a_16khz_stdin_stream(fixture_bundle: Path, tmp_path
     rss = profile["peak_rss_mib"]
     assert rss["interpreter"] <= rss["imports"] <= rss["agent_built"] <= rss["end"]
     assert out.with_name("agent_load.profile.this_tree.json").is_file()
+
+
+def test_handoff_floor_hands_chunks_over_and_reports(tmp_path: Path) -> None:
+    from benchmarks.handoff_floor import main as handoff_floor
+
+    out = tmp_path / "floor.json"
+    assert handoff_floor(["--seconds", "0.5", "--chunk-ms", "100", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert 1 <= report["chunks"] <= 5 and report["chunk_ms"] == 100.0
+    assert report["cpu_s"] >= 0 and report["wall_s"] >= 0.5
