@@ -19,8 +19,10 @@ and at the end:
     events   building, encoding and writing events (file, stdout, MQTT ...)
 
 Profiling starts once the agent is built (imports and model load are not in it; the
-reader thread starts after that). The profiler slows Python code by a constant factor; the shares, not the absolute times,
-are what to compare. The unprofiled CPU use comes from benchmarks.agent_load.
+reader thread starts after that). The profiler slows Python code by a constant factor; the
+shares, not the absolute times, are what to compare. The unprofiled CPU use comes from
+benchmarks.agent_load, which runs this file as a script (`python benchmarks/agent_profile.py
+--out ... -- ...`) so that the `device` it profiles is the one on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -44,11 +46,7 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "queue": (("device/sources.py", "get"),),
     "resample": (("device/audio.py", "process"), ("device/audio.py", "flush")),
     "ring": (("device/stream.py", "push"), ("device/stream.py", "finish")),
-    "gate": (
-        ("device/audio.py", "window_rms_dbfs"),
-        ("device/audio.py", "normalize_windows"),
-        ("device/stream.py", "_gate"),
-    ),
+    "gate": (("device/audio.py", "window_rms_dbfs"), ("device/audio.py", "normalize_windows")),
     "model": (("device/runtime.py", "score_window"),),
     "decide": (("device/scores.py", "p_spoof"), ("device/stream.py", "update")),
     "events": (("device/agent.py", "_handle"),),
