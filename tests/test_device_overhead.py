@@ -255,7 +255,8 @@ def test_agent_load_profiles_a_16khz_stdin_stream(fixture_bundle: Path, tmp_path
     run = report["runs"]["this tree"][0]
     assert run["source"] == "stdin" and run["capture_rate_hz"] == 16000
     assert run["audio_s"] == 1.5 and run["windows"] == 11 and run["overflows"] == 0
-    assert 10 < run["peak_rss_mib"] <= run["ru_maxrss_mib"]
+    # The agent's own VmHWM (ru_maxrss would carry over this test process's peak).
+    assert 10 < run["peak_rss_mib"] < 200
     cold = report["cold_start"]["this tree"]
     assert len(cold["cold_starts_s"]) == 1 and cold["cold_start_s"] > 0
     profile = report["profiles"]["this tree"]
