@@ -30,9 +30,8 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from device.api import AgentState, ApiServer
 from device.audio import SAMPLE_RATE
 from device.bundle import BundleError
 from device.config import Settings, parse_listen, require_token_if_exposed, resolve_token
@@ -41,13 +40,17 @@ from device.events import (
     EventFile,
     EventFileError,
     FileSink,
+    SpoolError,
     StdoutSink,
     utc_now_iso,
 )
-from device.outbox import SpoolError
 from device.runtime import Scorer
 from device.sources import END, FileSource, MicSource, Source, SourceError, StdinSource
+from device.state import AgentState
 from device.stream import StreamPipeline, WindowResult
+
+if TYPE_CHECKING:
+    from device.api import ApiServer
 
 log = logging.getLogger("device.agent")
 
@@ -211,6 +214,7 @@ class Agent:
         self.api = api
         self.state = state
         self.pipeline = StreamPipeline(scorer, settings.decision.with_threshold(scorer.threshold))
+        self.pipeline.prepare(source.expected_rate)  # a resampler's imports before listening
         self.heartbeat_s = settings.events.heartbeat_s
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -333,6 +337,16 @@ class Agent:
             )
             self._emit(event)
 
+    def _maybe_sync(self) -> None:
+        """fsync the event file's "window" lines older than events.fsync_interval_s."""
+        for sink in self.sinks:
+            if isinstance(sink, FileSink):
+                try:
+                    sink.sync_due()
+                except EventFileError as error:
+                    self.state.event_write_failed(str(error))
+                    log.error("%s; detection goes on (stdout, API)", error)
+
     def _maybe_heartbeat(self) -> None:
         if time.monotonic() - self._last_event_s >= self.heartbeat_s:
             self._emit(self._window_event("heartbeat", self.state.latest))
@@ -372,6 +386,7 @@ class Agent:
                 if item is not None:
                     self._handle(self.pipeline.feed(item))
                 self._maybe_heartbeat()
+                self._maybe_sync()
                 self._maybe_watchdog()
         finally:
             self.notify.send("STOPPING=1")
@@ -384,7 +399,7 @@ class Agent:
                 silent_windows=self.pipeline.silent_windows,
                 overflows=self.source.stats.overflows,
                 source_errors=self.source.stats.errors,
-                audio_s=round(self.pipeline.ring.samples_seen / SAMPLE_RATE, 3),
+                audio_s=round(self.pipeline.samples_seen / SAMPLE_RATE, 3),
                 wall_s=round(time.monotonic() - started, 3),
                 decision=self.pipeline.decider.decision,
             )
@@ -428,7 +443,8 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
     if e.file:
         sinks.append(
             FileSink(
-                EventFile(e.file, e.max_bytes, e.backups, e.fsync), every_window=e.every_window
+                EventFile(e.file, e.max_bytes, e.backups, e.fsync, e.fsync_interval_s),
+                every_window=e.every_window,
             )
         )
     state = AgentState(
@@ -449,6 +465,8 @@ def build_agent(settings: Settings, stdout: Any = None) -> Agent:
         state.outboxes.extend(webhooks.outboxes)
     api = None
     if settings.api.listen:
+        from device.api import ApiServer  # http.server, email: only when the API is on
+
         host, port = parse_listen(settings.api.listen)
         a = settings.api
         api = ApiServer(

@@ -8,7 +8,10 @@ functions, so the numbers a model sees are the same everywhere:
            -> silence gate on the raw window (RMS in dBFS below a floor)
            -> normalize each window (remove DC, scale the peak to 1.0)
 
-Only numpy, scipy and soundfile are used: this module runs on the Pi.
+Only numpy, scipy and soundfile are used: this module runs on the Pi. scipy.signal (about
+68 MiB of memory and a second of import on a loaded core) is imported only when audio is
+resampled, soundfile only when a file is decoded, so a 16 kHz microphone or stdin stream
+needs neither.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import soundfile as sf
-from scipy.signal import firwin, resample_poly, upfirdn
+
+if TYPE_CHECKING:
+    import soundfile
 
 SAMPLE_RATE = 16000
 """The model's sample rate in Hz. Every stage resamples to it."""
@@ -170,9 +174,16 @@ def _check_riff_complete(path: Path, handle: BinaryIO, size: int) -> None:
     raise AudioError(path, "WAV file has no data chunk (truncated or not audio)")
 
 
+def _soundfile() -> soundfile:
+    import soundfile  # libsndfile through cffi: only when a file is decoded
+
+    return soundfile
+
+
 def read_info(path: str | Path) -> AudioInfo:
     """Sample rate, channels, frames and codec of a file, without decoding it."""
     path = Path(path)
+    sf = _soundfile()
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as error:
@@ -212,6 +223,7 @@ def decode(
         raise AudioError(path, f"cannot read the file ({error.strerror})") from error
     if not size:
         raise AudioError(path, "the file is empty (0 bytes); expected audio")
+    sf = _soundfile()
     try:
         # By path, not from a BytesIO: soundfile's virtual-I/O callbacks need write+execute
         # memory (cffi), which MemoryDenyWriteExecute in the systemd unit refuses.
@@ -279,6 +291,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) ->
     up, down = resample_ratio(from_rate, to_rate)
     if up == down == 1:
         return np.asarray(samples, dtype=np.float32)
+    from scipy.signal import resample_poly  # only when a rate is not 16 kHz already
+
     out = resample_poly(np.asarray(samples, dtype=np.float64), up, down)
     return out.astype(np.float32)
 
@@ -298,8 +312,12 @@ class StreamingResampler:
         self.to_rate = int(to_rate)
         self.up, self.down = resample_ratio(from_rate, to_rate)
         self._identity = self.up == self.down == 1
+        self._identity_outputs = 0
         if self._identity:
-            return
+            return  # 16 kHz in: no filter, and scipy.signal is never imported
+        from scipy.signal import firwin, upfirdn
+
+        self._upfirdn = upfirdn
         # The filter scipy.signal.resample_poly builds (scipy >= 1.4, window=("kaiser", 5.0)).
         max_rate = max(self.up, self.down)
         half_len = 10 * max_rate
@@ -326,7 +344,7 @@ class StreamingResampler:
         """Outputs [_outputs_done, last_output) from the buffer."""
         if last_output <= self._outputs_done:
             return np.zeros(0, dtype=np.float32)
-        full = upfirdn(self._taps, self._buffer, self.up, self.down)
+        full = self._upfirdn(self._taps, self._buffer, self.up, self.down)
         offset = self._buffer_start * self.up // self.down  # full-signal index of full[0]
         start = self._outputs_done + self._n_pre_remove - offset
         stop = last_output + self._n_pre_remove - offset
@@ -340,11 +358,30 @@ class StreamingResampler:
             self._buffer_start = keep_from
         return out.astype(np.float32)
 
+    @property
+    def outputs_emitted(self) -> int:
+        """Output samples returned so far by `process` (and `flush`)."""
+        return self._identity_outputs if self._identity else self._outputs_done
+
+    def outputs_after(self, more_inputs: int) -> int:
+        """How many outputs `process` will have emitted in all once `more_inputs` more
+        samples are fed (without feeding them): lets a caller resample only when it needs
+        the samples, in one call for many chunks, with the same numbers."""
+        if self._identity:
+            return self._identity_outputs + int(more_inputs)
+        inputs = self._inputs_seen + int(more_inputs)
+        if inputs == 0:
+            return self._outputs_done
+        bound = ((inputs - 1) * self.up + self.up - 1) // self.down - self._n_pre_remove
+        return max(self._outputs_done, bound + 1)
+
     def process(self, chunk: np.ndarray) -> np.ndarray:
         """Feed mono samples at `from_rate`; returns the 16 kHz samples now complete."""
-        chunk = np.asarray(chunk, dtype=np.float64).reshape(-1)
         if self._identity:
-            return chunk.astype(np.float32)
+            out = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            self._identity_outputs += out.size
+            return out
+        chunk = np.asarray(chunk, dtype=np.float64).reshape(-1)
         self._buffer = np.concatenate([self._buffer, chunk])
         self._inputs_seen += chunk.size
         # The largest output whose last needed input has arrived.

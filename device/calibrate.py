@@ -161,7 +161,7 @@ def collect_room_scores(source: Any, pipeline: Any, stop: Callable[[], bool]) ->
         source.stop()
     if source.failure:
         raise ConfigError(f"the source failed before calibration finished: {source.failure}")
-    audio_s = pipeline.ring.samples_seen / SAMPLE_RATE
+    audio_s = pipeline.samples_seen / SAMPLE_RATE
     return RoomScores(p, silent, audio_s, pipeline.ring.hop_samples / SAMPLE_RATE)
 
 

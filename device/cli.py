@@ -293,6 +293,15 @@ def _listen_options(listen: argparse.ArgumentParser) -> None:
         help="append events as JSON lines to this file, rotated (default: none)",
     )
     add(
+        "--fsync-interval-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help='sync "window" events to storage at most this many seconds after they are '
+        "written (decisions and other events: at once; 0: every event at once; a killed agent "
+        f"loses none either way, only a power cut can) (default {e.fsync_interval_s:g})",
+    )
+    add(
         "--heartbeat-s",
         type=float,
         default=None,
@@ -438,6 +447,7 @@ def listen_settings(args: argparse.Namespace) -> Settings:
     events: dict[str, Any] = {
         "file": args.events_file,
         "heartbeat_s": args.heartbeat_s,
+        "fsync_interval_s": args.fsync_interval_s,
         "json": args.json,
         "every_window": args.every_window,
     }

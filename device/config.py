@@ -8,7 +8,8 @@
                 defaults and their validation)
     [device_calibration]  written by `clad-agent calibrate` (the room's threshold); used
                 when neither --threshold nor [model] threshold is given
-    [events]    stdout, json, every_window, file, max_bytes, backups, fsync, heartbeat_s
+    [events]    stdout, json, every_window, file, max_bytes, backups, fsync, fsync_interval_s,
+                heartbeat_s
     [api]       listen (HOST:PORT, empty = off), token_file, max_upload_bytes, max_audio_s,
                 max_connections, max_concurrent_scores, header_timeout_s, body_timeout_s,
                 allowed_hosts
@@ -44,6 +45,8 @@ MAX_SILENCE_WINDOWS = 1000
 MAX_CHUNK_MS = 5000.0
 """One device read; a larger one needs a buffer the reader cannot hold (1e9 crashed it)."""
 MAX_QUEUE_CHUNKS = 10_000
+MAX_FSYNC_INTERVAL_S = 60.0
+"""At most this much of the every-window event stream waits for a sync (a power cut's loss)."""
 MAX_CHANNELS = 32
 MIN_RATE_HZ, MAX_RATE_HZ = 4_000, 384_000  # as device.audio refuses files outside it
 
@@ -170,6 +173,7 @@ class EventSettings:
     max_bytes: int = 10_000_000
     backups: int = 5
     fsync: bool = True
+    fsync_interval_s: float = 1.0  # "window" events synced within this; others at once; 0: all
     heartbeat_s: float = 30.0
 
 
@@ -400,6 +404,11 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError(f"source.max_seconds: expected > 0, got {s.max_seconds}")
     if s.stall_s < 0:
         raise ConfigError(f"source.stall_s: expected >= 0 seconds (0 = off), got {s.stall_s}")
+    if not (math.isfinite(e.fsync_interval_s) and 0 <= e.fsync_interval_s <= MAX_FSYNC_INTERVAL_S):
+        raise ConfigError(
+            f"events.fsync_interval_s: expected 0-{MAX_FSYNC_INTERVAL_S:g} seconds (0: every "
+            f"event synced at once), got {e.fsync_interval_s}"
+        )
     if e.max_bytes < 0 or e.backups < 0 or e.heartbeat_s <= 0:
         raise ConfigError(
             "events: expected max_bytes >= 0, backups >= 0, heartbeat_s > 0; got "

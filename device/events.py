@@ -14,7 +14,12 @@ The schema (version EVENT_SCHEMA_VERSION, documented in docs/device.md):
 source starts capturing, fails, reopens or ends, "heartbeat" events every
 `heartbeat_s` without another event, and "window" events for every other window when
 every-window output is on. The event file is written one whole line per os.write() on
-an O_APPEND descriptor and fsynced, so a crash leaves at most a trailing partial line:
+an O_APPEND descriptor, so once write() returns the line is the kernel's: a killed or
+crashed agent (SIGTERM, SIGKILL, an exception) loses none. fsync, which only a power cut or
+a kernel crash needs, is done at once for every event but "window" ones; "window" events
+(a firehose of 2 a second with every-window output) are fsynced at most `fsync_interval_s`
+after they were written (0: each at once, as every event), and on close. A process crash
+mid-write leaves at most a trailing partial line:
 `read_events` skips it, and the next EventFile opened on the file cuts it off before
 appending. A write that fails (a full disk: ENOSPC) is cut back off the file at once, so a
 full disk leaves no partial line either; the write raises EventFileError, and the next one
@@ -30,6 +35,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,28 +64,47 @@ def _clean(value: Any) -> Any:
 
 def encode_event(event: dict[str, Any]) -> str:
     """One line of JSON (no newline inside), keys in insertion order."""
-    return json.dumps(_clean(event), separators=(", ", ": "), allow_nan=False)
+    try:  # the common case: every number finite, no copy of the event
+        return json.dumps(event, separators=(", ", ": "), allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: null instead, as _clean does
+        return json.dumps(_clean(event), separators=(", ", ": "), allow_nan=False)
 
 
 class EventFileError(OSError):
     """The event file cannot be opened or written."""
 
 
+class SpoolError(OSError):
+    """An outbox's spool file (device.outbox) cannot be opened or written."""
+
+
 class EventFile:
-    """Append-only JSON lines with size-based rotation; every line one write, fsynced.
+    """Append-only JSON lines with size-based rotation; every line one write.
 
     `max_bytes` 0 never rotates; `backups` rotated files are kept (path.1 is the newest).
+    `fsync`: sync to storage at all; "window" events are synced within `fsync_interval_s`
+    (`sync_due()` or the next write does it; 0: at once), every other event at once.
     """
 
     def __init__(
-        self, path: str | Path, max_bytes: int = 10_000_000, backups: int = 5, fsync: bool = True
+        self,
+        path: str | Path,
+        max_bytes: int = 10_000_000,
+        backups: int = 5,
+        fsync: bool = True,
+        fsync_interval_s: float = 0.0,
     ) -> None:
         if max_bytes < 0 or backups < 0:
             raise ValueError(f"max_bytes and backups must be >= 0, got {max_bytes}, {backups}")
+        if not fsync_interval_s >= 0:
+            raise ValueError(f"fsync_interval_s must be >= 0 seconds, got {fsync_interval_s}")
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.backups = int(backups)
         self.fsync = fsync
+        self.fsync_interval_s = float(fsync_interval_s)
+        self._unsynced_since: float | None = None  # monotonic time of the oldest unsynced line
+        self.fsyncs = 0
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
@@ -127,15 +152,18 @@ class EventFile:
         )
         self._size = keep
 
-    def _write_bytes(self, fd: int, data: bytes) -> None:
-        """Append one whole line, or nothing: a failed write is truncated back off the file."""
+    def _write_bytes(self, fd: int, data: bytes, sync: bool) -> None:
+        """Append one whole line, or nothing: a failed write is truncated back off the file.
+
+        `sync`: fsync now (this line and any earlier unsynced ones)."""
         view = memoryview(data)
         try:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if self.fsync:
+            if sync:
                 os.fsync(fd)
+                self.fsyncs += 1
         except OSError:
             try:
                 os.ftruncate(fd, self._size)
@@ -148,9 +176,42 @@ class EventFile:
                 )
             raise
         self._size += len(data)
+        if sync:
+            self._unsynced_since = None
+        elif self.fsync and self._unsynced_since is None:
+            self._unsynced_since = time.monotonic()
+
+    def _sync_now(self, event_type: Any) -> bool:
+        if not self.fsync:
+            return False
+        if event_type != "window" or self.fsync_interval_s == 0:
+            return True
+        since = self._unsynced_since
+        return since is not None and time.monotonic() - since >= self.fsync_interval_s
+
+    def sync_due(self) -> None:
+        """fsync lines written more than `fsync_interval_s` ago and not synced yet."""
+        since = self._unsynced_since
+        if since is None or time.monotonic() - since < self.fsync_interval_s:
+            return
+        with self._lock:
+            if self._fd is None or self._unsynced_since is None:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as error:
+                raise EventFileError(
+                    f"{self.path}: cannot sync events to storage ({error.strerror})"
+                ) from error
+            self.fsyncs += 1
+            self._unsynced_since = None
 
     def _rotate(self) -> None:
         assert self._fd is not None
+        if self.fsync and self._unsynced_since is not None:
+            os.fsync(self._fd)  # the rotated file keeps every line it was given
+            self.fsyncs += 1
+            self._unsynced_since = None
         os.close(self._fd)
         self._fd = None
         if self.backups == 0:
@@ -174,7 +235,7 @@ class EventFile:
                 if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
                     self._rotate()
                 assert self._fd is not None  # set by _open(), which raises otherwise
-                self._write_bytes(self._fd, line)
+                self._write_bytes(self._fd, line, self._sync_now(event.get("type")))
             except EventFileError:
                 raise
             except OSError as error:
@@ -189,6 +250,8 @@ class EventFile:
                 try:
                     if self.fsync:
                         os.fsync(self._fd)
+                        self.fsyncs += 1
+                        self._unsynced_since = None
                 finally:
                     os.close(self._fd)
                     self._fd = None
@@ -276,6 +339,9 @@ class FileSink:
         if event.get("type") == "window" and not self.every_window:
             return
         self.file.write(event)
+
+    def sync_due(self) -> None:
+        self.file.sync_due()
 
     def close(self) -> None:
         self.file.close()

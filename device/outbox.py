@@ -30,15 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device.events import encode_event
+from device.events import SpoolError, encode_event
 
 log = logging.getLogger("device.outbox")
 
 MAX_QUEUE_EVENTS = 10_000_000
-
-
-class SpoolError(OSError):
-    """The spool file cannot be opened or written."""
 
 
 @dataclass(frozen=True)

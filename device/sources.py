@@ -180,6 +180,11 @@ class Source:
     def describe(self) -> dict[str, Any]:
         return {"source": self.name}
 
+    @property
+    def expected_rate(self) -> int | None:
+        """The sample rate the chunks will most likely have (None: unknown until opened)."""
+        return self.stats.sample_rate or None
+
     # ----------------------------------------------------------------- reader side
 
     def _run(self) -> None:
@@ -285,8 +290,9 @@ class FileSource(Source):
             piece = samples[first : first + chunk_frames]
             if self.realtime:
                 due = start + (first + piece.shape[0]) / self._rate
+                # One wait per chunk: a stop request ends it at once (Event.wait).
                 while (wait := due - time.monotonic()) > 0:
-                    if self._stop.wait(min(wait, 0.05)):
+                    if self._stop.wait(wait):
                         return
             if not self._deliver(piece, self._rate, time.monotonic()):
                 return
@@ -505,6 +511,11 @@ class MicSource(Source):
         self._pyaudio = pyaudio_module or import_pyaudio()
         self._sleep = sleep or self._stop.wait
         self.name = f"mic:{device}" if device not in (None, "") else "mic"
+
+    @property
+    def expected_rate(self) -> int | None:
+        # The rate asked for, else the first rate tried at open (most devices take it).
+        return int(self.requested_rate or PREFERRED_RATES[0])
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -139,6 +139,11 @@ class WindowRing:
         self.restart()
         return out
 
+    @property
+    def next_window_end(self) -> int:
+        """Absolute sample count at which the next window is complete (push emits it)."""
+        return self._next_start + self.window_samples
+
     def restart(self) -> None:
         """Begin a new segment (after a gap in the audio): windows never span the gap."""
         self._segment_start = self.samples_seen
@@ -274,6 +279,9 @@ class StreamPipeline:
         self.decider = Decider(decision)
         self.silence_floor_dbfs = scorer.silence_floor_dbfs
         self._resampler: StreamingResampler | None = None
+        self._prepared: StreamingResampler | None = None  # built by prepare(), not used yet
+        self._pending: list[np.ndarray] = []  # mono chunks not resampled yet (no window due)
+        self._pending_samples = 0
         self._last_arrival_s = 0.0
         self.windows_scored = 0
         self.silent_windows = 0
@@ -309,17 +317,51 @@ class StreamPipeline:
             )
         return results
 
+    def prepare(self, sample_rate: int | None) -> None:
+        """Build the resampler for the rate the source is expected to deliver, before any
+        audio: its filter design and scipy.signal's import (about a second on a loaded
+        core) then belong to the start-up, not to the first window's latency."""
+        if sample_rate:
+            self._prepared = StreamingResampler(int(sample_rate), SAMPLE_RATE)
+
+    @property
+    def samples_seen(self) -> int:
+        """16 kHz samples received so far, those of chunks held back included."""
+        if self._resampler is None:
+            return self.ring.samples_seen
+        held = (
+            self._resampler.outputs_after(self._pending_samples) - self._resampler.outputs_emitted
+        )
+        return self.ring.samples_seen + held
+
+    def _resample_pending(self) -> np.ndarray:
+        """The 16 kHz samples of the chunks held back, in one resampler call."""
+        assert self._resampler is not None  # set by feed() before anything is pending
+        pending = self._pending
+        self._pending = []
+        self._pending_samples = 0
+        if not pending:
+            return np.zeros(0, dtype=np.float32)
+        return self._resampler.process(pending[0] if len(pending) == 1 else np.concatenate(pending))
+
     def _end_segment(self) -> list[WindowResult]:
         """Drain the resampler and the ring at the end of a stretch of continuous audio."""
         windows: list[StreamWindow] = []
         if self._resampler is not None:
+            windows += self.ring.push(self._resample_pending())
             windows += self.ring.push(self._resampler.flush())
             self._resampler = None
         windows += self.ring.finish()
         return self._score(windows, self._last_arrival_s)
 
     def feed(self, chunk: Chunk) -> list[WindowResult]:
-        """Score every window that `chunk` completes."""
+        """Score every window that `chunk` completes.
+
+        Chunks that complete no window are held back (a reference, no copy) and resampled
+        with the chunk that does, in one call: the same samples (the resampler does not
+        depend on how its input is cut), windows emitted on the same chunk as when every
+        chunk is resampled at once, and one resampler call per hop instead of per chunk.
+        """
         results: list[WindowResult] = []
         if chunk.discontinuity or (
             self._resampler is not None and self._resampler.from_rate != chunk.sample_rate
@@ -328,10 +370,20 @@ class StreamPipeline:
             self.discontinuities += 1
             results += self._end_segment()
         if self._resampler is None:
-            self._resampler = StreamingResampler(chunk.sample_rate, SAMPLE_RATE)
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared.from_rate == chunk.sample_rate:
+                self._resampler = prepared
+            else:
+                self._resampler = StreamingResampler(chunk.sample_rate, SAMPLE_RATE)
         mono = to_mono(np.asarray(chunk.samples, dtype=np.float32))
         self._last_arrival_s = chunk.arrival_s
-        results += self._score(self.ring.push(self._resampler.process(mono)), chunk.arrival_s)
+        self._pending.append(mono)
+        self._pending_samples += mono.size
+        outputs = self._resampler.outputs_after(self._pending_samples)
+        new_samples = outputs - self._resampler.outputs_emitted
+        if self.ring.samples_seen + new_samples >= self.ring.next_window_end:
+            windows = self.ring.push(self._resample_pending())
+            results += self._score(windows, chunk.arrival_s)
         return results
 
     def finish(self) -> list[WindowResult]:
