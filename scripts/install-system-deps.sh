@@ -5,7 +5,7 @@
 #   alsa-utils       arecord/aplay, for piping a microphone into `clad-agent listen --source stdin`
 #   mosquitto        an MQTT broker: the tests start a real one on a loopback port (MQTT alerts)
 #   chromium         a headless browser: the tests load the agent's status page in it
-#   shellcheck       the tests lint every shell script of the kit with it
+#   (shellcheck)     the tests lint every shell script of the kit with it
 # Extra package names given as arguments are added for that call only; `make test-deploy` passes
 #   debootstrap      builds the Debian root that the deploy test's loopback SSH target runs in
 # Idempotent: when everything is present it prints one line and changes nothing.
