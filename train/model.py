@@ -14,12 +14,16 @@ Layout (shapes for a batch B and a 1 s window, default config)::
                                         temporal gate, + skip (1x1 conv-BN when channels change),
                                         ReLU, max-pool 2
                                         (B, 32, 500) (B, 64, 250) (B, 64, 125) (B, 128, 62)
-    attention pooling over time         (B, 128)         softmax-weighted mean
+    pooling over time                   (B, 128)         "attention": softmax-weighted mean;
+                                                         "gated": mean of sigmoid-gated frames
     linear                              (B, 2)
 
 Built for full-integer int8: ReLU activations only, every convolution followed directly by
 BatchNorm (folded at export), gates are sigmoids, pooling is max/mean/softmax-weighted sum.
-No LayerNorm, GELU/SiLU, sqrt/std or other ops that force float islands.
+No LayerNorm, GELU/SiLU, sqrt/std or other ops that force float islands. The softmax of
+"attention" pooling is the one op XNNPACK does not take in int8 (the graph runs as two
+partitions); "gated" pooling replaces it with a sigmoid and a mean, so the whole int8 graph is
+one XNNPACK partition (docs/convert.md).
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ from torch import nn
 MODEL_NAME = "CLAD"
 LABELS = ("bonafide", "spoof")
 FRONTENDS = ("learned", "sinc")
+POOLINGS = ("attention", "gated")
 MAX_PARAMETERS = 200_000
 MAX_MACS_PER_SECOND = 60_000_000
 """Budget: multiply-accumulates for a 1 s (16000-sample) window."""
 
 FrontEndKind = Literal["learned", "sinc"]
+PoolingKind = Literal["attention", "gated"]
 
 
 class ModelConfigError(ValueError):
@@ -63,10 +69,15 @@ class ModelConfig:
     se_reduction: int = 4
     attention_hidden: int = 32
     dropout: float = 0.1
+    # Checkpoints and configs written before this field existed have no "pooling" key and
+    # load with this default, the pooling they were trained with.
+    pooling: PoolingKind = "attention"
 
     def __post_init__(self) -> None:
         if self.frontend not in FRONTENDS:
             raise ModelConfigError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        if self.pooling not in POOLINGS:
+            raise ModelConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         positive = (
             "window_samples",
             "frontend_channels",
@@ -247,6 +258,25 @@ class AttentionPool(nn.Module):
         return (x * weights).sum(dim=2)  # (B, C)
 
 
+class GatedPool(nn.Module):
+    """Sigmoid gate per time step, then the mean over time, (B, C, T) -> (B, C).
+
+    The same score network as `AttentionPool` (same parameters), but each frame's weight is a
+    sigmoid of its own score instead of a softmax across frames. Sigmoid, multiply and mean
+    all stay in XNNPACK's int8 partition; a softmax does not.
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.conv2 = nn.Conv1d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.conv2(torch.relu(self.bn(self.conv1(x))))  # (B, 1, T)
+        return (x * torch.sigmoid(scores)).mean(dim=2)  # (B, C)
+
+
 class CLAD(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -258,7 +288,8 @@ class CLAD(nn.Module):
             blocks.append(ResidualBlock(channels, int(out_channels), config))
             channels = int(out_channels)
         self.blocks = nn.Sequential(*blocks)
-        self.pool = AttentionPool(channels, config.attention_hidden)
+        pool_class = GatedPool if config.pooling == "gated" else AttentionPool
+        self.pool: nn.Module = pool_class(channels, config.attention_hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(channels, len(LABELS))
 
@@ -283,7 +314,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: CLAD, window_samples: int | None = None) -> int:
     """Multiply-accumulates for one window, counted by running it.
 
-    Counts convolutions, linear layers and the attention-weighted sum. BatchNorm (folded
+    Counts convolutions, linear layers and the pooling's weighted sum. BatchNorm (folded
     into the convolutions at export), activations, gates and pooling are not counted.
     """
     window_samples = window_samples or model.config.window_samples
@@ -298,7 +329,7 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
         nonlocal total
         total += output.numel() * module.in_features
 
-    def pool_hook(_module: AttentionPool, inputs: tuple[torch.Tensor], _output: Any) -> None:
+    def pool_hook(_module: nn.Module, inputs: tuple[torch.Tensor], _output: Any) -> None:
         nonlocal total
         total += inputs[0].numel()
 
@@ -308,7 +339,7 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, AttentionPool):
+        elif isinstance(module, (AttentionPool, GatedPool)):
             handles.append(module.register_forward_hook(pool_hook))
     was_training = model.training
     model.eval()
@@ -362,9 +393,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--window-samples", type=int, default=ModelConfig.window_samples)
     parser.add_argument("--frontend", choices=FRONTENDS, default=ModelConfig.frontend)
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=ModelConfig.pooling,
+        help=f"pooling over time (default {ModelConfig.pooling})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    summary = summarize(ModelConfig(window_samples=args.window_samples, frontend=args.frontend))
+    summary = summarize(
+        ModelConfig(
+            window_samples=args.window_samples, frontend=args.frontend, pooling=args.pooling
+        )
+    )
     if args.json:
         print(json.dumps({**asdict(summary), "within_budget": summary.within_budget()}))
     else:
