@@ -8,12 +8,13 @@ Layout (shapes for a batch B and a 1 s window, default config)::
 
     x                                   (B, 16000)
     unsqueeze                           (B, 1, 16000)
-    front end: conv k129 s8, BN, ReLU   (B, 32, 2000)    learned, or a fixed sinc band-pass bank
-    max-pool 2                          (B, 32, 1000)
+    front end: conv k129 s8, BN, ReLU   (B, 32, 1984)    learned, or a fixed sinc band-pass bank
+                                                         (computed as 8 phases x 17 taps, stride 1)
+    max-pool 2                          (B, 32, 992)
     4 residual blocks, each:            conv3-BN-ReLU-conv3-BN, channel gate (squeeze-excite),
                                         temporal gate, + skip (1x1 conv-BN when channels change),
                                         ReLU, max-pool 2
-                                        (B, 32, 500) (B, 64, 250) (B, 64, 125) (B, 128, 62)
+                                        (B, 32, 496) (B, 64, 248) (B, 64, 124) (B, 128, 62)
     pooling over time                   (B, 128)         "attention": softmax-weighted mean;
                                                          "gated": mean of sigmoid-gated frames
     linear                              (B, 2)
@@ -187,7 +188,46 @@ class FrontEnd(nn.Module):
         self.pool = nn.MaxPool1d(config.frontend_pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.bn(self.conv(x))))
+        if self.training:  # batch statistics
+            return self.pool(torch.relu(self.bn(self.strided_conv(x))))
+        # BatchNorm folded here: the ONNX exporter folds it only into a Conv whose weight is
+        # a stored tensor, and this one is computed
+        return self.pool(torch.relu(self.strided_conv(x, fold=self.bn)))
+
+    def strided_conv(self, x: torch.Tensor, fold: nn.BatchNorm1d | None = None) -> torch.Tensor:
+        """`self.conv(x)` (then `fold(...)` in eval mode when given), computed as a stride-1
+        convolution over `stride` input channels.
+
+        The waveform is split into `stride` phases, (B, 1, N) -> (B, stride, N / stride) (a
+        plain reshape in the channels-last TFLite graph), and the kernel of K taps into the
+        matching (C, stride, ceil(K / stride)) kernel, zero-padded. Same weights, same outputs
+        (the same products, summed in another order). Why: XNNPACK's int8 convolution packs
+        the input channels of each tap in groups of several bytes, so with one input
+        channel most of its work is padding: the k129/s8 front end alone took 0.99 ms in
+        int8 against 0.19 ms in fp32, more than the rest of the network; as 8 channels x 17
+        taps, 0.15-0.27 ms (docs/convert.md). A length that is not a multiple of the stride
+        falls back to the strided convolution.
+        """
+        # plain ints from the module (ONNX tracing turns tensor shapes into graph values)
+        stride = self.conv.stride[0]
+        kernel = self.conv.kernel_size[0]
+        out_channels = self.conv.out_channels
+        weight = self.conv.weight  # (C, 1, K)
+        bias = None
+        if fold is not None:
+            scale = fold.weight / torch.sqrt(fold.running_var + fold.eps)
+            weight = weight * scale[:, None, None]
+            bias = fold.bias - fold.running_mean * scale
+        if stride == 1 or x.shape[1] != 1 or int(x.shape[-1]) % stride != 0:
+            return nn.functional.conv1d(x, weight, bias, stride=stride)
+        taps = -(-kernel // stride)
+        if taps * stride > kernel:
+            # a concatenation, not F.pad: the ONNX Pad on weights lost a tap in onnx2tf
+            zeros = weight.new_zeros(out_channels, 1, taps * stride - kernel)
+            weight = torch.cat([weight, zeros], dim=2)
+        weight = weight.reshape(out_channels, taps, stride).transpose(1, 2)  # (C, s, taps)
+        phases = x.reshape(x.shape[0], -1, stride).transpose(1, 2)  # (B, s, N / s)
+        return nn.functional.conv1d(phases, weight, bias)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -333,9 +373,19 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
         nonlocal total
         total += inputs[0].numel()
 
+    def frontend_hook(module: FrontEnd, inputs: tuple[torch.Tensor], _output: Any) -> None:
+        # FrontEnd.strided_conv calls conv1d itself, not `module.conv`: counted here, as the
+        # K-tap strided convolution (not the zero taps of its 8-phase form)
+        nonlocal total
+        conv = module.conv
+        frames = (inputs[0].shape[-1] - conv.kernel_size[0]) // conv.stride[0] + 1
+        total += inputs[0].shape[0] * frames * conv.out_channels * conv.kernel_size[0]
+
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.Conv1d):
+        if isinstance(module, FrontEnd):
+            handles.append(module.register_forward_hook(frontend_hook))
+        elif isinstance(module, nn.Conv1d) and module is not model.frontend.conv:
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
