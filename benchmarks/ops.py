@@ -266,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     version = report["runtime"].split()[-1]
-    stem = args.out / f"ops-{args.bundle.resolve().name}-litert{version}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem = f"ops-{args.bundle.resolve().name}-litert{version}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     text = render(report)
-    stem.with_suffix(".md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(json.dumps(report) if args.json else text)
     return 0
 
