@@ -85,6 +85,7 @@ def _hand_macs(config: ModelConfig) -> int:
         ModelConfig(),
         ModelConfig(window_samples=8000, block_channels=(16, 16, 48)),
         ModelConfig(window_samples=24000, frontend="sinc", frontend_kernel=65, frontend_stride=4),
+        ModelConfig(window_samples=8000, pooling="gated"),
     ],
 )
 def test_mac_counter_matches_the_layer_by_layer_formula(config: ModelConfig) -> None:
@@ -97,6 +98,38 @@ def test_parameter_count_counts_frozen_sinc_weights_too() -> None:
     assert count_parameters(learned) == count_parameters(sinc)
     assert not sinc.frontend.conv.weight.requires_grad
     assert learned.frontend.conv.weight.requires_grad
+
+
+@pytest.mark.parametrize("frontend", ["learned", "sinc"])
+@pytest.mark.parametrize("samples", [16000, 8000, 16004])
+def test_front_end_in_phases_is_the_strided_convolution(frontend: str, samples: int) -> None:
+    """The 8-phase x 17-tap form the model computes (one int8 XNNPACK conv with 8 input
+    channels instead of 1) gives what the k129/s8 convolution gives; 16004 samples, not a
+    multiple of the stride, takes the strided convolution itself."""
+    torch.manual_seed(4)
+    front = build_model(ModelConfig(frontend=frontend)).frontend
+    x = torch.randn(3, 1, samples)
+    with torch.no_grad():
+        reference = front.conv(x)
+        phased = front.strided_conv(x)
+    assert phased.shape == reference.shape == (3, 32, (samples - 129) // 8 + 1)
+    assert torch.allclose(phased, reference, atol=1e-5, rtol=1e-5)
+    # eval mode folds the BatchNorm into that convolution
+    with torch.no_grad():
+        front.bn.running_mean.uniform_(-0.5, 0.5)
+        front.bn.running_var.uniform_(0.5, 2.0)
+        front.bn.weight.uniform_(0.5, 1.5)
+        front.bn.bias.uniform_(-0.5, 0.5)
+        front.eval()
+        unfolded = front.pool(torch.relu(front.bn(front.conv(x))))
+        assert torch.allclose(front(x), unfolded, atol=1e-5, rtol=1e-5)
+    front.train()
+    # the gradient reaches the same weights
+    weight = front.conv.weight
+    if weight.requires_grad:
+        (grad_phased,) = torch.autograd.grad(front.strided_conv(x).square().sum(), weight)
+        (grad_reference,) = torch.autograd.grad(front.conv(x).square().sum(), weight)
+        assert torch.allclose(grad_phased, grad_reference, atol=1e-3, rtol=1e-4)
 
 
 def test_sinc_filters_pass_their_own_band() -> None:
@@ -159,13 +192,49 @@ def test_onnx_export_folds_every_batchnorm_and_uses_simple_ops() -> None:
         "Softmax",
         "Unsqueeze",
         "Reshape",
+        "Transpose",
         "Constant",
         "Identity",
     }
     assert set(ops) <= simple, f"ops outside the int8-friendly set: {set(ops) - simple}"
+    # the one Transpose splits the waveform into the front end's 8 phases: in the
+    # channels-last TFLite graph that is a plain RESHAPE
+    assert ops["Transpose"] == 1
     (graph_input,) = graph.input
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
     assert dims == [1, 4000]  # [batch, window_samples]: the channel axis is added inside
+
+
+def test_gated_pooling_is_a_sigmoid_gated_mean_with_the_attention_weights() -> None:
+    """Same parameters as the softmax pooling (a checkpoint's weights fit both), within
+    budget, and no Softmax in the exported graph: the op XNNPACK cannot run in int8."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(2)
+    attention = build_model(ModelConfig(window_samples=4000)).eval()
+    gated = build_model(ModelConfig(window_samples=4000, pooling="gated")).eval()
+    assert count_parameters(gated) == count_parameters(attention)
+    gated.load_state_dict(attention.state_dict())
+    assert summarize(ModelConfig(pooling="gated")).within_budget()
+
+    frames = torch.randn(3, 128, 7)
+    pool = gated.pool
+    with torch.no_grad():
+        scores = pool.conv2(torch.relu(pool.bn(pool.conv1(frames))))  # (3, 1, 7)
+        expected = (frames * torch.sigmoid(scores)).sum(dim=2) / 7
+        assert torch.allclose(pool(frames), expected, atol=1e-6)
+        # Unlike softmax weights, the gates do not sum to one: the two pools differ.
+        assert not torch.allclose(pool(frames), attention.pool(frames), atol=1e-3)
+
+    def exported_ops(model: nn.Module) -> Counter:
+        buffer = io.BytesIO()
+        torch.onnx.export(model, torch.zeros(1, 4000), buffer, dynamo=False, opset_version=17)
+        return Counter(node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node)
+
+    assert exported_ops(attention)["Softmax"] == 1
+    gated_ops = exported_ops(gated)
+    assert "Softmax" not in gated_ops and "ReduceSum" not in gated_ops
+    # 4 channel gates + 4 temporal gates + the pooling gate
+    assert gated_ops["Sigmoid"] == 9
 
 
 def test_training_and_eval_mode_differ_only_by_dropout_and_batch_stats() -> None:
@@ -188,6 +257,7 @@ def test_training_and_eval_mode_differ_only_by_dropout_and_batch_stats() -> None
         ({"frontend": "sinc", "frontend_kernel": 128}, "odd frontend_kernel"),
         ({"block_channels": ()}, "block_channels"),
         ({"dropout": 1.0}, "dropout"),
+        ({"pooling": "softmax"}, r"pooling must be one of \('attention', 'gated'\), got 'softmax'"),
     ],
 )
 def test_bad_model_config_is_refused(changes: dict, message: str) -> None:
@@ -223,6 +293,26 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
     x = torch.randn(2, 4000)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+def test_checkpoint_written_before_the_pooling_option_loads_as_attention(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(window_samples=4000)).eval()
+    payload = _payload(model)
+    del payload["model_config"]["pooling"]  # as every checkpoint before the option
+    save_checkpoint(tmp_path / "best.pt", payload)
+    loaded, checkpoint = model_from_checkpoint(tmp_path / "best.pt")
+    assert checkpoint.model_config.pooling == "attention"
+    x = torch.randn(2, 4000)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    # A gated checkpoint keeps its pooling through the round trip.
+    gated = build_model(ModelConfig(window_samples=4000, pooling="gated")).eval()
+    save_checkpoint(tmp_path / "gated.pt", _payload(gated))
+    loaded_gated, _ = model_from_checkpoint(tmp_path / "gated.pt")
+    assert loaded_gated.config.pooling == "gated"
+    with torch.no_grad():
+        assert torch.equal(gated(x), loaded_gated(x))
 
 
 def test_checkpoint_from_another_shape_is_refused(tmp_path: Path) -> None:

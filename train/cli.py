@@ -10,7 +10,7 @@ from train.augment import AUGMENT_KINDS, AugmentConfig, AugmentConfigError, pars
 from train.checkpoint import CheckpointError
 from train.config import BALANCES, DEVICES, ConfigError, TrainConfig
 from train.data import FORMATS, DatasetError
-from train.model import FRONTENDS, ModelConfig, ModelConfigError
+from train.model import FRONTENDS, POOLINGS, ModelConfig, ModelConfigError
 
 _DEFAULT = TrainConfig(format="asvspoof2019", root=".")
 _AUGMENT = AugmentConfig()
@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--frontend", choices=FRONTENDS, default=ModelConfig.frontend, help="first layer"
+    )
+    model.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=ModelConfig.pooling,
+        help="pooling over time: softmax attention, or sigmoid gates + mean (one int8 "
+        f"XNNPACK partition; docs/training.md); default {ModelConfig.pooling}",
     )
     model.add_argument(
         "--silence-floor-dbfs",
@@ -149,7 +156,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         skip_missing=args.skip_missing,
         skip_malformed=args.skip_malformed,
         require_eval=not args.no_eval,
-        model=ModelConfig(window_samples=args.window_samples, frontend=args.frontend),
+        model=ModelConfig(
+            window_samples=args.window_samples, frontend=args.frontend, pooling=args.pooling
+        ),
         hop_samples=args.hop_samples,
         silence_floor_dbfs=args.silence_floor_dbfs,
         epochs=args.epochs,

@@ -8,18 +8,23 @@ Layout (shapes for a batch B and a 1 s window, default config)::
 
     x                                   (B, 16000)
     unsqueeze                           (B, 1, 16000)
-    front end: conv k129 s8, BN, ReLU   (B, 32, 2000)    learned, or a fixed sinc band-pass bank
-    max-pool 2                          (B, 32, 1000)
+    front end: conv k129 s8, BN, ReLU   (B, 32, 1984)    learned, or a fixed sinc band-pass bank
+                                                         (computed as 8 phases x 17 taps, stride 1)
+    max-pool 2                          (B, 32, 992)
     4 residual blocks, each:            conv3-BN-ReLU-conv3-BN, channel gate (squeeze-excite),
                                         temporal gate, + skip (1x1 conv-BN when channels change),
                                         ReLU, max-pool 2
-                                        (B, 32, 500) (B, 64, 250) (B, 64, 125) (B, 128, 62)
-    attention pooling over time         (B, 128)         softmax-weighted mean
+                                        (B, 32, 496) (B, 64, 248) (B, 64, 124) (B, 128, 62)
+    pooling over time                   (B, 128)         "attention": softmax-weighted mean;
+                                                         "gated": mean of sigmoid-gated frames
     linear                              (B, 2)
 
 Built for full-integer int8: ReLU activations only, every convolution followed directly by
 BatchNorm (folded at export), gates are sigmoids, pooling is max/mean/softmax-weighted sum.
-No LayerNorm, GELU/SiLU, sqrt/std or other ops that force float islands.
+No LayerNorm, GELU/SiLU, sqrt/std or other ops that force float islands. The softmax of
+"attention" pooling is the one op XNNPACK does not take in int8 (the graph runs as two
+partitions); "gated" pooling replaces it with a sigmoid and a mean, so the whole int8 graph is
+one XNNPACK partition (docs/convert.md).
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ from torch import nn
 MODEL_NAME = "CLAD"
 LABELS = ("bonafide", "spoof")
 FRONTENDS = ("learned", "sinc")
+POOLINGS = ("attention", "gated")
 MAX_PARAMETERS = 200_000
 MAX_MACS_PER_SECOND = 60_000_000
 """Budget: multiply-accumulates for a 1 s (16000-sample) window."""
 
 FrontEndKind = Literal["learned", "sinc"]
+PoolingKind = Literal["attention", "gated"]
 
 
 class ModelConfigError(ValueError):
@@ -63,10 +70,15 @@ class ModelConfig:
     se_reduction: int = 4
     attention_hidden: int = 32
     dropout: float = 0.1
+    # Checkpoints and configs written before this field existed have no "pooling" key and
+    # load with this default, the pooling they were trained with.
+    pooling: PoolingKind = "attention"
 
     def __post_init__(self) -> None:
         if self.frontend not in FRONTENDS:
             raise ModelConfigError(f"frontend must be one of {FRONTENDS}, got {self.frontend!r}")
+        if self.pooling not in POOLINGS:
+            raise ModelConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         positive = (
             "window_samples",
             "frontend_channels",
@@ -176,7 +188,46 @@ class FrontEnd(nn.Module):
         self.pool = nn.MaxPool1d(config.frontend_pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(torch.relu(self.bn(self.conv(x))))
+        if self.training:  # batch statistics
+            return self.pool(torch.relu(self.bn(self.strided_conv(x))))
+        # BatchNorm folded here: the ONNX exporter folds it only into a Conv whose weight is
+        # a stored tensor, and this one is computed
+        return self.pool(torch.relu(self.strided_conv(x, fold=self.bn)))
+
+    def strided_conv(self, x: torch.Tensor, fold: nn.BatchNorm1d | None = None) -> torch.Tensor:
+        """`self.conv(x)` (then `fold(...)` in eval mode when given), computed as a stride-1
+        convolution over `stride` input channels.
+
+        The waveform is split into `stride` phases, (B, 1, N) -> (B, stride, N / stride) (a
+        plain reshape in the channels-last TFLite graph), and the kernel of K taps into the
+        matching (C, stride, ceil(K / stride)) kernel, zero-padded. Same weights, same outputs
+        (the same products, summed in another order). Why: XNNPACK's int8 convolution packs
+        the input channels of each tap in groups of several bytes, so with one input
+        channel most of its work is padding: the k129/s8 front end alone took 0.99 ms in
+        int8 against 0.19 ms in fp32, more than the rest of the network; as 8 channels x 17
+        taps, 0.15-0.27 ms (docs/convert.md). A length that is not a multiple of the stride
+        falls back to the strided convolution.
+        """
+        # plain ints from the module (ONNX tracing turns tensor shapes into graph values)
+        stride = self.conv.stride[0]
+        kernel = self.conv.kernel_size[0]
+        out_channels = self.conv.out_channels
+        weight = self.conv.weight  # (C, 1, K)
+        bias = None
+        if fold is not None:
+            scale = fold.weight / torch.sqrt(fold.running_var + fold.eps)
+            weight = weight * scale[:, None, None]
+            bias = fold.bias - fold.running_mean * scale
+        if stride == 1 or x.shape[1] != 1 or int(x.shape[-1]) % stride != 0:
+            return nn.functional.conv1d(x, weight, bias, stride=stride)
+        taps = -(-kernel // stride)
+        if taps * stride > kernel:
+            # a concatenation, not F.pad: the ONNX Pad on weights lost a tap in onnx2tf
+            zeros = weight.new_zeros(out_channels, 1, taps * stride - kernel)
+            weight = torch.cat([weight, zeros], dim=2)
+        weight = weight.reshape(out_channels, taps, stride).transpose(1, 2)  # (C, s, taps)
+        phases = x.reshape(x.shape[0], -1, stride).transpose(1, 2)  # (B, s, N / s)
+        return nn.functional.conv1d(phases, weight, bias)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -247,6 +298,25 @@ class AttentionPool(nn.Module):
         return (x * weights).sum(dim=2)  # (B, C)
 
 
+class GatedPool(nn.Module):
+    """Sigmoid gate per time step, then the mean over time, (B, C, T) -> (B, C).
+
+    The same score network as `AttentionPool` (same parameters), but each frame's weight is a
+    sigmoid of its own score instead of a softmax across frames. Sigmoid, multiply and mean
+    all stay in XNNPACK's int8 partition; a softmax does not.
+    """
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm1d(hidden)
+        self.conv2 = nn.Conv1d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.conv2(torch.relu(self.bn(self.conv1(x))))  # (B, 1, T)
+        return (x * torch.sigmoid(scores)).mean(dim=2)  # (B, C)
+
+
 class CLAD(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -258,7 +328,8 @@ class CLAD(nn.Module):
             blocks.append(ResidualBlock(channels, int(out_channels), config))
             channels = int(out_channels)
         self.blocks = nn.Sequential(*blocks)
-        self.pool = AttentionPool(channels, config.attention_hidden)
+        pool_class = GatedPool if config.pooling == "gated" else AttentionPool
+        self.pool: nn.Module = pool_class(channels, config.attention_hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(channels, len(LABELS))
 
@@ -283,7 +354,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: CLAD, window_samples: int | None = None) -> int:
     """Multiply-accumulates for one window, counted by running it.
 
-    Counts convolutions, linear layers and the attention-weighted sum. BatchNorm (folded
+    Counts convolutions, linear layers and the pooling's weighted sum. BatchNorm (folded
     into the convolutions at export), activations, gates and pooling are not counted.
     """
     window_samples = window_samples or model.config.window_samples
@@ -298,17 +369,27 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
         nonlocal total
         total += output.numel() * module.in_features
 
-    def pool_hook(_module: AttentionPool, inputs: tuple[torch.Tensor], _output: Any) -> None:
+    def pool_hook(_module: nn.Module, inputs: tuple[torch.Tensor], _output: Any) -> None:
         nonlocal total
         total += inputs[0].numel()
 
+    def frontend_hook(module: FrontEnd, inputs: tuple[torch.Tensor], _output: Any) -> None:
+        # FrontEnd.strided_conv calls conv1d itself, not `module.conv`: counted here, as the
+        # K-tap strided convolution (not the zero taps of its 8-phase form)
+        nonlocal total
+        conv = module.conv
+        frames = (inputs[0].shape[-1] - conv.kernel_size[0]) // conv.stride[0] + 1
+        total += inputs[0].shape[0] * frames * conv.out_channels * conv.kernel_size[0]
+
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.Conv1d):
+        if isinstance(module, FrontEnd):
+            handles.append(module.register_forward_hook(frontend_hook))
+        elif isinstance(module, nn.Conv1d) and module is not model.frontend.conv:
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, AttentionPool):
+        elif isinstance(module, (AttentionPool, GatedPool)):
             handles.append(module.register_forward_hook(pool_hook))
     was_training = model.training
     model.eval()
@@ -362,9 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--window-samples", type=int, default=ModelConfig.window_samples)
     parser.add_argument("--frontend", choices=FRONTENDS, default=ModelConfig.frontend)
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=ModelConfig.pooling,
+        help=f"pooling over time (default {ModelConfig.pooling})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    summary = summarize(ModelConfig(window_samples=args.window_samples, frontend=args.frontend))
+    summary = summarize(
+        ModelConfig(
+            window_samples=args.window_samples, frontend=args.frontend, pooling=args.pooling
+        )
+    )
     if args.json:
         print(json.dumps({**asdict(summary), "within_budget": summary.within_budget()}))
     else:
