@@ -188,8 +188,11 @@ class FrontEnd(nn.Module):
         self.pool = nn.MaxPool1d(config.frontend_pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:  # batch statistics
-            return self.pool(torch.relu(self.bn(self.strided_conv(x))))
+        if self.training:
+            # Training keeps the plain strided convolution (batch statistics; the same sums in
+            # the same order as before the phased form, so a seed still trains the same model);
+            # evaluation and export use the phased form, which XNNPACK runs fast in int8.
+            return self.pool(torch.relu(self.bn(self.conv(x))))
         # BatchNorm folded here: the ONNX exporter folds it only into a Conv whose weight is
         # a stored tensor, and this one is computed
         return self.pool(torch.relu(self.strided_conv(x, fold=self.bn)))
