@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment",
         default=",".join(_AUGMENT.kinds) or "none",
         help=f"comma-separated augmentations from {','.join(AUGMENT_KINDS)}; 'all' (every kind), "
-        "'basic' (noise,codec,gain,bandlimit) or 'none' (default: none)",
+        "'basic' (noise,codec,gain,bandlimit) or 'none'",
     )
     recipe.add_argument(
         "--augment-probability",
