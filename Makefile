@@ -58,7 +58,7 @@ convert: $(STAMP)
 
 robustness: $(STAMP)
 	$(PY) -m train.robustness --run $(RUN) --data $(DATA)/LA
-	$(PY) -m train.robustness --bundle $(BUNDLE) --data $(DATA)/LA
+	$(PY) -m train.robustness --bundle $(BUNDLE) --data $(DATA)/LA --compare $(RUN)/robustness.json
 
 outside: $(STAMP)
 	$(PY) -m train.outside --bundle $(BUNDLE)
