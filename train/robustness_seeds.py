@@ -79,6 +79,12 @@ def summarize(recipes: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def _short(evaluated: str) -> str:
+    """'PyTorch checkpoint runs/x/best.pt' -> 'x'; other descriptions as they are."""
+    path = Path(evaluated.split()[-1]) if evaluated else Path()
+    return path.parent.name if path.name == "best.pt" else evaluated
+
+
 def format_report(summary: dict[str, Any]) -> str:
     names = list(summary["recipes"])
     base = names[0]
@@ -111,7 +117,7 @@ def format_report(summary: dict[str, Any]) -> str:
         data = summary["recipes"][name]
         for run, s in zip(data["runs"], data["per_seed"], strict=True):
             lines.append(
-                f"| {name} | {run} | {100 * s['clean_eer']:.1f}% | {100 * s['mean_eer']:.1f}% "
+                f"| {name} | {_short(run)} | {100 * s['clean_eer']:.1f}% | {100 * s['mean_eer']:.1f}% "
                 f"| {s['worst_condition']} {100 * s['worst_eer']:.1f}% | {s['worst_over_clean']} |"
             )
     lines += ["", "EER per condition, mean over the seeds (± sample std):", ""]
