@@ -7,6 +7,8 @@ import pytest
 
 from train.augment import (
     AUGMENT_KINDS,
+    BASIC_KINDS,
+    RAWBOOST_KINDS,
     AugmentConfig,
     AugmentConfigError,
     Augmenter,
@@ -14,7 +16,12 @@ from train.augment import (
     apply_gain,
     band_limit,
     codec_round_trip,
+    colored_noise,
+    convolutive_noise,
+    impulsive_noise,
     parse_kinds,
+    reverberate,
+    room_impulse_response,
 )
 
 RATE = 16000
@@ -111,7 +118,7 @@ def test_parse_kinds(text: str, kinds: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"kinds": ("reverb",)}, "unknown augmentation kinds"),
+        ({"kinds": ("echo",)}, "unknown augmentation kinds"),
         ({"probability": 1.5}, "probability must be in"),
         ({"snr_db_min": 40.0}, "snr_db_min=40.0 is above snr_db_max"),
         ({"lowpass_hz_max": 9000.0}, "low-pass cutoffs must lie in"),
@@ -123,3 +130,104 @@ def test_bad_settings_are_refused(changes: dict, message: str) -> None:
         AugmentConfig(**changes)
     with pytest.raises(AugmentConfigError, match="unknown augmentation kinds"):
         parse_kinds("noise,echo")
+
+
+# --------------------------------------------------------------------------- RawBoost kinds
+
+
+def speech_like(seconds: float = 1.0) -> np.ndarray:
+    """voice() with a syllable envelope, so rooms have gaps to fill."""
+    x = voice(seconds).astype(np.float64)
+    t = np.arange(x.size) / RATE
+    return (x * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda x, rng: convolutive_noise(x, rng),
+        lambda x, rng: impulsive_noise(x, 0.1, rng),
+        lambda x, rng: colored_noise(x, 20.0, rng),
+        lambda x, rng: reverberate(x, 0.6, rng),
+    ],
+    ids=["convolutive", "impulsive", "colored", "reverb"],
+)
+def test_rawboost_kinds_change_the_signal_keep_length_and_follow_the_seed(transform) -> None:
+    clean = speech_like()
+    a = transform(clean, np.random.default_rng(3))
+    assert a.shape == clean.shape and a.dtype == np.float32
+    assert np.all(np.isfinite(a))
+    assert not np.allclose(a, clean, atol=1e-4)
+    assert np.array_equal(a, transform(clean, np.random.default_rng(3)))
+    assert not np.array_equal(a, transform(clean, np.random.default_rng(4)))
+    # Levels sane: nothing explodes or vanishes (within 12 dB of the input's RMS).
+    ratio_db = 20 * np.log10(
+        np.sqrt(np.mean(a.astype(np.float64) ** 2))
+        / np.sqrt(np.mean(clean.astype(np.float64) ** 2))
+    )
+    assert -12.0 < ratio_db < 12.0
+
+
+def test_convolutive_and_reverb_keep_the_peak() -> None:
+    clean = speech_like()
+    for out in (
+        convolutive_noise(clean, np.random.default_rng(1)),
+        reverberate(clean, 1.0, np.random.default_rng(1)),
+    ):
+        assert np.max(np.abs(out)) == pytest.approx(np.max(np.abs(clean)), rel=1e-5)
+
+
+def test_convolutive_reshapes_the_spectrum() -> None:
+    white = np.random.default_rng(0).standard_normal(RATE).astype(np.float32) * 0.1
+    out = convolutive_noise(white, np.random.default_rng(2))
+    bands = [(lo, lo + 1000) for lo in range(0, 8000, 1000)]
+    gain_db = [
+        10 * np.log10(band_energy(out, lo, hi) / band_energy(white, lo, hi)) for lo, hi in bands
+    ]
+    assert max(gain_db) - min(gain_db) > 3.0  # some band raised or cut against another
+
+
+@pytest.mark.parametrize("snr_db", [10.0, 25.0, 40.0])
+def test_colored_noise_lands_at_the_asked_snr_and_is_not_white(snr_db: float) -> None:
+    clean = voice()
+    noisy = colored_noise(clean, snr_db, np.random.default_rng(7))
+    noise = noisy.astype(np.float64) - clean
+    measured = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert measured == pytest.approx(snr_db, abs=0.05)
+    per_band = [band_energy(noise, lo, lo + 1000) for lo in range(0, 8000, 1000)]
+    assert max(per_band) > 2 * min(per_band)
+
+
+def test_impulsive_noise_touches_at_most_the_share_and_scales_with_the_sample() -> None:
+    clean = voice()
+    out = impulsive_noise(clean, 0.1, np.random.default_rng(5))
+    changed = out != clean
+    assert 0 < np.mean(changed) <= 0.1
+    # Signal-dependent: a click is at most 5x the sample it sits on, and silence stays silent.
+    delta = np.abs(out.astype(np.float64) - clean)
+    assert np.all(delta <= 5.0 * np.abs(clean) + 1e-7)
+    silent = impulsive_noise(np.zeros(RATE, dtype=np.float32), 0.1, np.random.default_rng(5))
+    assert not np.any(silent)
+
+
+def test_reverb_fills_the_gaps_between_syllables() -> None:
+    clean = speech_like()
+    wet = reverberate(clean, 0.8, np.random.default_rng(0))
+    gaps = clean == 0
+    assert np.mean(np.abs(wet[gaps])) > 10 * (np.mean(np.abs(clean[gaps])) + 1e-6)
+    rir = room_impulse_response(0.8, np.random.default_rng(0))
+    assert rir[0] == 1.0  # the direct path
+    tail = rir[int(0.04 * RATE) :]
+    early, late = tail[: len(tail) // 4], tail[-len(tail) // 4 :]
+    assert np.sum(late**2) < 0.01 * np.sum(early**2)  # decays (about -45 dB over 3/4 RT60)
+
+
+def test_rawboost_kinds_leave_the_basic_draws_unchanged() -> None:
+    basic = Augmenter(AugmentConfig(kinds=BASIC_KINDS)).draw(np.random.default_rng(11))
+    full = Augmenter(AugmentConfig(kinds=AUGMENT_KINDS)).draw(np.random.default_rng(11))
+    assert basic.seeds is None and full.seeds is not None
+    for name in ("snr_db", "noise_seed", "codec", "compression", "gain_db", "lowpass_hz"):
+        assert getattr(basic, name) == getattr(full, name), name
+    assert {k: full.fire[k] for k in BASIC_KINDS} == basic.fire
+    assert parse_kinds("basic") == BASIC_KINDS
+    assert set(parse_kinds("all")) == set(BASIC_KINDS) | set(RAWBOOST_KINDS)

@@ -104,3 +104,54 @@ def test_a_tiny_grid_runs_end_to_end_on_a_real_run(tmp_path: Path) -> None:
     assert (run / "robustness_snr.png").stat().st_size > 1000
     assert (run / "robustness_codecs.png").stat().st_size > 1000
     assert "| white 0 dB |" in (run / "robustness.md").read_text()
+
+
+def test_comparison_flags_conditions_beyond_the_tolerance() -> None:
+    rows = [
+        {"condition": "clean", "eer": 0.150},
+        {"condition": "white 0 dB", "eer": 0.230},
+        {"condition": "MP3 32k", "eer": 0.160},
+    ]
+    reference = {
+        "evaluated": "PyTorch checkpoint runs/x/best.pt",
+        "conditions": [
+            {"condition": "clean", "eer": 0.142},
+            {"condition": "white 0 dB", "eer": 0.250},
+        ],
+    }
+    result = robustness.compare(rows, reference, 0.01)
+    assert [c["condition"] for c in result["conditions"]] == ["clean", "white 0 dB"]
+    assert [c["within"] for c in result["conditions"]] == [True, False]
+    assert result["within"] == 1 and result["compared"] == 2
+    assert result["max_abs_delta"] == pytest.approx(0.02)
+    text = robustness.format_comparison(result)
+    assert "| white 0 dB | 23.0% | 25.0% | -2.0 | NO |" in text
+    assert "1 of 2 conditions within 1.0 points" in text
+
+
+@pytest.mark.slow
+def test_out_denoise_and_compare_options_end_to_end(tmp_path: Path) -> None:
+    from tests.convert_fixtures import train_tiny_run, write_easy_corpus
+
+    corpus = write_easy_corpus(tmp_path / "corpus")
+    run = train_tiny_run(corpus, tmp_path / "runs", epochs=2)
+    base = [sys.executable, "-m", "train.robustness", "--run", str(run), "--data", str(corpus)]
+    base += ["--files", "12", "--only", "white 5 dB"]
+    plain, gated = tmp_path / "plain", tmp_path / "gated"
+    for command in (
+        [*base, "--out", str(plain)],
+        [*base, "--out", str(gated), "--denoise", "--compare", str(plain / "robustness.json")],
+    ):
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    assert not (run / "robustness.json").exists()  # --out keeps the run folder untouched
+    report = json.loads((gated / "robustness_denoise.json").read_text())
+    assert report["front_end"] == "spectral gating (device.denoise)"
+    assert [c["condition"] for c in report["comparison"]["conditions"]] == ["clean", "white 5 dB"]
+    assert "conditions within 1.0 points" in (gated / "robustness_denoise.md").read_text()
+    assert (gated / "robustness_denoise_snr.png").stat().st_size > 1000
+    # A reference from another sample is refused, not compared.
+    other = [*base, "--files", "8", "--out", str(tmp_path / "x")]
+    other += ["--compare", str(plain / "robustness.json")]
+    done = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "not comparable" in done.stderr

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--augment",
         default=",".join(_AUGMENT.kinds) or "none",
-        help=f"comma-separated augmentations from {','.join(AUGMENT_KINDS)}; 'all' or 'none'",
+        help=f"comma-separated augmentations from {','.join(AUGMENT_KINDS)}; 'all' (every kind), "
+        "'basic' (noise,codec,gain,bandlimit) or 'none'",
     )
     recipe.add_argument(
         "--augment-probability",

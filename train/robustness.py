@@ -329,7 +329,15 @@ def sample_eval(root: Path, data_format: str, files: int, seed: int) -> list[Any
     return picked_bona + picked_spoof
 
 
-def run_grid(model: Model, records: list[Any], seed: int, only: list[str] | None = None):
+def run_grid(
+    model: Model,
+    records: list[Any],
+    seed: int,
+    only: list[str] | None = None,
+    front_end: Callable[[np.ndarray], np.ndarray] | None = None,
+):
+    """EER etc. per condition; ``front_end`` (e.g. noise reduction) runs on every changed
+    signal before it is scored."""
     signals = [load_audio(r.path).astype(np.float64) for r in records]
     labels = np.array([r.label == "spoof" for r in records])
     attacks = [r.attack if r.label == "spoof" else "-" for r in records]
@@ -346,6 +354,8 @@ def run_grid(model: Model, records: list[Any], seed: int, only: list[str] | None
             rng = np.random.default_rng(np.random.SeedSequence([seed, c_index, f_index]))
             try:
                 changed = condition.transform(signal, rng, context)
+                if front_end is not None:
+                    changed = front_end(np.asarray(changed, dtype=np.float64))
             except (CodecError, OSError, ValueError) as error:
                 skipped.append({"condition": condition.name, "reason": str(error)})
                 break
@@ -388,6 +398,59 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def compare(
+    rows: list[dict[str, Any]], reference: dict[str, Any], max_eer_delta: float
+) -> dict[str, Any]:
+    """Per condition |EER - reference EER| against the parity gate's int8 EER tolerance."""
+    ref = {r["condition"]: r["eer"] for r in reference["conditions"]}
+    per_condition = []
+    for r in rows:
+        if r["condition"] not in ref:
+            continue
+        delta = round(r["eer"] - ref[r["condition"]], 4)
+        per_condition.append(
+            {
+                "condition": r["condition"],
+                "eer": r["eer"],
+                "reference_eer": ref[r["condition"]],
+                "delta": delta,
+                "within": abs(delta) <= max_eer_delta + 1e-9,
+            }
+        )
+    deltas = [abs(c["delta"]) for c in per_condition]
+    return {
+        "reference": reference.get("evaluated"),
+        "max_eer_delta": max_eer_delta,
+        "conditions": per_condition,
+        "within": sum(c["within"] for c in per_condition),
+        "compared": len(per_condition),
+        "max_abs_delta": round(max(deltas), 4) if deltas else None,
+        "mean_abs_delta": round(float(np.mean(deltas)), 4) if deltas else None,
+    }
+
+
+def format_comparison(comparison: dict[str, Any]) -> str:
+    lines = [
+        f"Against {comparison['reference']} (tolerance: the parity gate's int8 EER delta, "
+        f"{100 * comparison['max_eer_delta']:.1f} points):",
+        "",
+        "| condition | EER | reference EER | delta (points) | within |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for c in comparison["conditions"]:
+        lines.append(
+            f"| {c['condition']} | {100 * c['eer']:.1f}% | {100 * c['reference_eer']:.1f}% "
+            f"| {100 * c['delta']:+.1f} | {'yes' if c['within'] else 'NO'} |"
+        )
+    lines.append(
+        f"\n{comparison['within']} of {comparison['compared']} conditions within "
+        f"{100 * comparison['max_eer_delta']:.1f} points; max |delta| "
+        f"{100 * comparison['max_abs_delta']:.1f}, mean |delta| "
+        f"{100 * comparison['mean_abs_delta']:.2f} points"
+    )
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> str:
     attacks = sorted({a for r in rows for a in r["eer_per_attack"]})
     lines = [
@@ -407,7 +470,7 @@ def format_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> s
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def plot(rows: list[dict[str, Any]], out_dir: Path, stem: str = "robustness") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -428,7 +491,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     axes.set_title("EER under additive noise")
     axes.legend()
     figure.tight_layout()
-    snr_png = out_dir / "robustness_snr.png"
+    snr_png = out_dir / f"{stem}_snr.png"
     figure.savefig(snr_png, dpi=120)
     plt.close(figure)
 
@@ -439,7 +502,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     axes.set_ylabel("EER (%)")
     axes.set_title("EER per codec and channel condition")
     figure.tight_layout()
-    codec_png = out_dir / "robustness_codecs.png"
+    codec_png = out_dir / f"{stem}_codecs.png"
     figure.savefig(codec_png, dpi=120)
     plt.close(figure)
     return [snr_png, codec_png]
@@ -477,6 +540,26 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run only these conditions (and clean); default: all",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the reports (default: the --run or --bundle folder)",
+    )
+    parser.add_argument(
+        "--denoise",
+        action="store_true",
+        help="spectral gating (device.denoise) on every signal before scoring; the reports "
+        "are named robustness_denoise* (default: off)",
+    )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="a robustness.json of the same files and seed (e.g. the PyTorch run's, for a "
+        "bundle): per-condition EER deltas against the parity gate's int8 EER tolerance "
+        "(default: none)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     args = parser.parse_args(argv)
     if args.files < 4:
@@ -485,12 +568,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = model_of_run(args.run) if args.run else model_of_bundle(args.bundle)
         records = sample_eval(args.data, args.format, args.files, args.seed)
+        reference = json.loads(args.compare.read_text()) if args.compare else None
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if reference is not None and (
+        reference.get("files") != len(records) or reference.get("seed") != args.seed
+    ):
+        print(
+            f"error: {args.compare} was made from {reference.get('files')} files with seed "
+            f"{reference.get('seed')}; this grid uses {len(records)} files with seed "
+            f"{args.seed}: the EERs are not comparable",
+            file=sys.stderr,
+        )
+        return 2
+    front_end = None
+    if args.denoise:
+        from device.denoise import spectral_gate
+
+        front_end = spectral_gate
+    stem = "robustness_denoise" if args.denoise else "robustness"
     started = time.perf_counter()
-    rows, skipped = run_grid(model, records, args.seed, args.only)
-    out_dir = args.run or args.bundle
+    rows, skipped = run_grid(model, records, args.seed, args.only, front_end)
+    out_dir = args.out or args.run or args.bundle
+    out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "evaluated": model.description,
         "data": str(args.data),
@@ -499,12 +600,18 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarize(rows),
         "conditions": rows,
         "skipped": skipped,
+        "front_end": "spectral gating (device.denoise)" if args.denoise else None,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    (out_dir / "robustness.json").write_text(json.dumps(report, indent=2) + "\n")
     table = format_table(rows, skipped)
-    (out_dir / "robustness.md").write_text(table + "\n")
-    plots = plot(rows, out_dir)
+    if reference is not None:
+        from convert.parity import INT8_MAX_EER_DELTA
+
+        report["comparison"] = compare(rows, reference, INT8_MAX_EER_DELTA)
+        table += "\n\n" + format_comparison(report["comparison"])
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    plots = plot(rows, out_dir, stem)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -515,10 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             f"worst {s['worst_condition']} {100 * s['worst_eer']:.1f}% "
             f"({s['worst_over_clean']}x clean); {len(records)} files in {report['wall_s']} s"
         )
-        print(
-            f"wrote {out_dir / 'robustness.json'}, robustness.md, "
-            + ", ".join(p.name for p in plots)
-        )
+        print(f"wrote {out_dir / (stem + '.json')}, {stem}.md, " + ", ".join(p.name for p in plots))
     return 0
 
 
