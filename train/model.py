@@ -301,19 +301,13 @@ class AttentionPool(nn.Module):
         return (x * weights).sum(dim=2)  # (B, C)
 
 
-class GatedPool(nn.Module):
+class GatedPool(AttentionPool):
     """Sigmoid gate per time step, then the mean over time, (B, C, T) -> (B, C).
 
-    The same score network as `AttentionPool` (same parameters), but each frame's weight is a
-    sigmoid of its own score instead of a softmax across frames. Sigmoid, multiply and mean
-    all stay in XNNPACK's int8 partition; a softmax does not.
+    The same score network as `AttentionPool` (inherited: same parameters), but each frame's
+    weight is a sigmoid of its own score instead of a softmax across frames. Sigmoid, multiply
+    and mean all stay in XNNPACK's int8 partition; a softmax does not.
     """
-
-    def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(channels, hidden, 1, bias=False)
-        self.bn = nn.BatchNorm1d(hidden)
-        self.conv2 = nn.Conv1d(hidden, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.conv2(torch.relu(self.bn(self.conv1(x))))  # (B, 1, T)
@@ -392,7 +386,7 @@ def count_macs(model: CLAD, window_samples: int | None = None) -> int:
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, (AttentionPool, GatedPool)):
+        elif isinstance(module, AttentionPool):  # and GatedPool
             handles.append(module.register_forward_hook(pool_hook))
     was_training = model.training
     model.eval()
