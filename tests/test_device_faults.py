@@ -279,6 +279,14 @@ def test_a_low_fd_limit_and_idle_connections_do_not_end_detection(
         start = json.loads(process.stdout.readline())
         address = ("127.0.0.1", int(start["api"].rsplit(":", 1)[1]))
         idle = [socket.create_connection(address, timeout=10) for _ in range(30)]
+        # Connected clients wait in the listen backlog until the API thread accepts them; on a
+        # loaded machine that can come after the audio below is done. Wait until the agent
+        # holds all 24 descriptors, so the fault happens while detection runs.
+        _wait_for(
+            lambda: len(os.listdir(f"/proc/{process.pid}/fd")) >= 24,
+            30,
+            "the agent to hold all 24 descriptors (accept() filling the limit)",
+        )
         audio = to_pcm16(noise(2.0, 16000)).tobytes()
         process.stdin.write(audio)
         process.stdin.flush()

@@ -508,7 +508,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path, stem: str = "robustness") ->
     return [snr_png, codec_png]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m train.robustness",
         description="EER of a run or a bundle under noise, codecs, band limits, rooms, levels.",
@@ -561,7 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         "(default: none)",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.files < 4:
         print(f"error: --files must be at least 4, got {args.files}", file=sys.stderr)
         return 2
