@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -338,13 +339,16 @@ def fuzzed_bundle(source: Path, target: Path, seed: int) -> Path:
     return target
 
 
-@pytest.mark.parametrize(("seed", "signal_name"), [(0, "SIGSEGV"), (2, "SIGBUS")])
+@pytest.mark.parametrize("seed", [0, 2])
 def test_a_model_that_crashes_the_interpreter_is_refused(
-    fixture_bundle: Path, tmp_path: Path, seed: int, signal_name: str
+    fixture_bundle: Path, tmp_path: Path, seed: int
 ) -> None:
     """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file).
     The seeds are ones that crash LiteRT 2.3 on the fixture model; if the fixture model's
-    bytes change, pick new ones (21 of seeds 0-29 crashed)."""
+    bytes change, pick new ones (21 of seeds 0-29 crashed). Which signal a corrupted model
+    dies of depends on where its bad offsets land in memory: seed 2 died of SIGBUS in one
+    run and SIGSEGV in the next with the same file, so the test requires a fatal signal,
+    named, not a particular one."""
     bundle = fuzzed_bundle(fixture_bundle, tmp_path / "bundle", seed)
     audio = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
     out = subprocess.run(
@@ -356,5 +360,7 @@ def test_a_model_that_crashes_the_interpreter_is_refused(
         timeout=120,
     )
     assert out.returncode == 2, out.stderr
-    assert f"crashed the interpreter ({signal_name})" in out.stderr
+    named = re.search(r"crashed the interpreter \((SIG[A-Z]+)\)", out.stderr)
+    assert named is not None, out.stderr
+    assert named.group(1) in {"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT"}, out.stderr
     assert "Traceback" not in out.stderr
