@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,24 +100,12 @@ class CertAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"server-{self.name.replace(' ', '-')}"
-        cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
-        return ServerCert(cert_path, key_path)
+        return ServerCert(*_write_pem_pair(out_dir, f"server-{self.name}", cert, key))
 
 
 def make_ca(out_dir: Path, name: str) -> CertAuthority:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -149,8 +138,16 @@ def make_ca(out_dir: Path, name: str) -> CertAuthority:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+    return CertAuthority(name, *_write_pem_pair(out_dir, f"ca-{name}", cert, key))
+
+
+def _write_pem_pair(out_dir: Path, name: str, cert: Any, key: Any) -> tuple[Path, Path]:
+    """NAME.pem (the certificate) and NAME.key (its private key, PKCS8, mode 600) in out_dir,
+    spaces in the name as dashes."""
+    from cryptography.hazmat.primitives import serialization
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"ca-{name.replace(' ', '-')}"
+    stem = name.replace(" ", "-")
     cert_path, key_path = out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -161,7 +158,7 @@ def make_ca(out_dir: Path, name: str) -> CertAuthority:
         )
     )
     key_path.chmod(0o600)
-    return CertAuthority(name, cert_path, key_path)
+    return cert_path, key_path
 
 
 def free_port() -> int:

@@ -456,6 +456,29 @@ def test_example_settings_and_docs_match_what_the_code_publishes() -> None:
     assert f"entity_id: {ids[0]}" in automation and 'to: "on"' in automation
 
 
+def assert_published_as_printed(sub: Subscriber, out: subprocess.CompletedProcess) -> dict:
+    """A finished `clad-agent listen --json` run: the broker got its decision events (at
+    least 3), in the order stdout printed them, and the retained availability ended
+    "offline" (the last will or the clean stop). Closes `sub`; returns the start event."""
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
+    assert sub.wait_for(
+        lambda _: (
+            len(sub.on(f"{BASE}/state")) >= len(decisions)
+            and sub.on(f"{BASE}/availability")[-1:]
+            == [Message(f"{BASE}/availability", b"offline", False)]
+        ),
+        timeout_s=20,
+    )
+    sub.close()
+    published = [e for e in state_events(sub) if e["type"] == "decision"]
+    assert len(decisions) >= 3
+    assert [(e["window"], e["decision"]) for e in published] == [
+        (e["window"], e["decision"]) for e in decisions
+    ]
+    return next(e for e in json_lines(out.stdout) if e["type"] == "start")
+
+
 def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path) -> None:
     """`clad-agent listen --mqtt`: the broker gets the same decision events as stdout."""
     audio = write_wav(tmp_path / "scenario.wav", scenario(16000), 16000)
@@ -466,23 +489,7 @@ def test_the_agent_publishes_its_decisions(fixture_bundle: Path, tmp_path: Path)
         out = listen_on_file(
             fixture_bundle, audio, config, "--mqtt", f"mqtt://127.0.0.1:{broker.port}"
         )
-        assert out.returncode == 0, out.stderr.decode()[-2000:]
-        decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
-        assert sub.wait_for(
-            lambda _: (
-                len(sub.on(f"{BASE}/state")) >= len(decisions)
-                and sub.on(f"{BASE}/availability")[-1:]
-                == [Message(f"{BASE}/availability", b"offline", False)]
-            ),
-            timeout_s=20,
-        )
-        sub.close()
-    published = [e for e in state_events(sub) if e["type"] == "decision"]
-    assert len(decisions) >= 3
-    assert [(e["window"], e["decision"]) for e in published] == [
-        (e["window"], e["decision"]) for e in decisions
-    ]
-    start = next(e for e in json_lines(out.stdout) if e["type"] == "start")
+        start = assert_published_as_printed(sub, out)
     assert start["settings"]["mqtt"]["url"] == f"mqtt://127.0.0.1:{broker.port}"
 
 
@@ -506,32 +513,8 @@ def test_the_agent_publishes_over_tls_with_a_password_from_its_settings_file(
             f'tls_ca_file = "{ca.cert}"\nspool = "{tmp_path / "spool.sqlite3"}"\n'
         )
         config.chmod(0o600)
-        out = subprocess.run(
-            [
-                *(sys.executable, "-m", "device", "listen", "--bundle", str(fixture_bundle)),
-                *("--source", str(audio), "--json", "--config", str(config)),
-            ],
-            cwd=REPO,
-            env=device_env(),
-            capture_output=True,
-            timeout=60,
-        )
-        assert out.returncode == 0, out.stderr.decode()[-2000:]
-        decisions = [e for e in json_lines(out.stdout) if e["type"] == "decision"]
-        assert sub.wait_for(
-            lambda _: (
-                len(sub.on(f"{BASE}/state")) >= len(decisions)
-                and [m.payload for m in sub.on(f"{BASE}/availability")][-1:] == [b"offline"]
-            ),
-            timeout_s=20,
-        )
-        sub.close()
-    published = [e for e in state_events(sub) if e["type"] == "decision"]
-    assert len(decisions) >= 3
-    assert [(e["window"], e["decision"]) for e in published] == [
-        (e["window"], e["decision"]) for e in decisions
-    ]
-    start = next(e for e in json_lines(out.stdout) if e["type"] == "start")
+        out = listen_on_file(fixture_bundle, audio, config)
+        start = assert_published_as_printed(sub, out)
     assert start["settings"]["mqtt"]["url"] == f"mqtts://127.0.0.1:{broker.port}"
     assert start["settings"]["mqtt"]["password"] == "<set>"
     assert secret not in out.stdout.decode() and secret not in out.stderr.decode()
