@@ -162,8 +162,7 @@ class EventFile:
                 written = os.write(fd, view)
                 view = view[written:]
             if sync:
-                os.fsync(fd)
-                self.fsyncs += 1
+                self._fsync(fd)
         except OSError:
             try:
                 os.ftruncate(fd, self._size)
@@ -176,42 +175,43 @@ class EventFile:
                 )
             raise
         self._size += len(data)
-        if sync:
-            self._unsynced_since = None
-        elif self.fsync and self._unsynced_since is None:
+        if not sync and self.fsync and self._unsynced_since is None:
             self._unsynced_since = time.monotonic()
+
+    def _fsync(self, fd: int) -> None:
+        """fsync: every line written so far is on storage."""
+        os.fsync(fd)
+        self.fsyncs += 1
+        self._unsynced_since = None
+
+    def _overdue(self) -> bool:
+        """An unsynced line was written `fsync_interval_s` or more ago."""
+        since = self._unsynced_since
+        return since is not None and time.monotonic() - since >= self.fsync_interval_s
 
     def _sync_now(self, event_type: Any) -> bool:
         if not self.fsync:
             return False
-        if event_type != "window" or self.fsync_interval_s == 0:
-            return True
-        since = self._unsynced_since
-        return since is not None and time.monotonic() - since >= self.fsync_interval_s
+        return event_type != "window" or self.fsync_interval_s == 0 or self._overdue()
 
     def sync_due(self) -> None:
         """fsync lines written more than `fsync_interval_s` ago and not synced yet."""
-        since = self._unsynced_since
-        if since is None or time.monotonic() - since < self.fsync_interval_s:
+        if not self._overdue():
             return
         with self._lock:
             if self._fd is None or self._unsynced_since is None:
                 return
             try:
-                os.fsync(self._fd)
+                self._fsync(self._fd)
             except OSError as error:
                 raise EventFileError(
                     f"{self.path}: cannot sync events to storage ({error.strerror})"
                 ) from error
-            self.fsyncs += 1
-            self._unsynced_since = None
 
     def _rotate(self) -> None:
         assert self._fd is not None
         if self.fsync and self._unsynced_since is not None:
-            os.fsync(self._fd)  # the rotated file keeps every line it was given
-            self.fsyncs += 1
-            self._unsynced_since = None
+            self._fsync(self._fd)  # the rotated file keeps every line it was given
         os.close(self._fd)
         self._fd = None
         if self.backups == 0:
@@ -249,9 +249,7 @@ class EventFile:
             if self._fd is not None:
                 try:
                     if self.fsync:
-                        os.fsync(self._fd)
-                        self.fsyncs += 1
-                        self._unsynced_since = None
+                        self._fsync(self._fd)
                 finally:
                     os.close(self._fd)
                     self._fd = None
