@@ -123,12 +123,8 @@ def _fit(margins: np.ndarray, targets: np.ndarray, method: str) -> Calibration:
     return Calibration(method=method, a=float(a), b=float(b) if free_b else 0.0)
 
 
-def fit_map(
-    margins: np.ndarray, labels: np.ndarray, method: str, hard_labels: bool = False
-) -> Calibration:
-    """One map of `method` (temperature | platt) fitted on these margins: against Platt's
-    smoothed targets, or the 0/1 labels themselves with `hard_labels` (which diverges when
-    the margins separate the classes perfectly)."""
+def _margins_and_labels(margins: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float64 margins and int64 labels, one 0/1 label per margin, both classes present."""
     m = np.asarray(margins, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     if m.size != y.size or set(np.unique(y).tolist()) != {0, 1}:
@@ -136,6 +132,16 @@ def fit_map(
             f"expected one 0/1 label per margin with both classes present, got {m.size} margins "
             f"and labels {sorted(set(np.unique(y).tolist()))}"
         )
+    return m, y
+
+
+def fit_map(
+    margins: np.ndarray, labels: np.ndarray, method: str, hard_labels: bool = False
+) -> Calibration:
+    """One map of `method` (temperature | platt) fitted on these margins: against Platt's
+    smoothed targets, or the 0/1 labels themselves with `hard_labels` (which diverges when
+    the margins separate the classes perfectly)."""
+    m, y = _margins_and_labels(margins, labels)
     targets = y.astype(np.float64) if hard_labels else platt_targets(y)
     return _fit(m, targets, method)
 
@@ -159,13 +165,7 @@ def _cv_nll(margins: np.ndarray, labels: np.ndarray, method: str) -> float:
 
 def fit_calibration(margins: np.ndarray, labels: np.ndarray) -> CalibrationFit:
     """Choose temperature or Platt scaling by held-out dev NLL and fit it on all of dev."""
-    m = np.asarray(margins, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if m.size != y.size or set(np.unique(y).tolist()) != {0, 1}:
-        raise ValueError(
-            f"expected one 0/1 label per margin with both classes present, got {m.size} margins "
-            f"and labels {sorted(set(np.unique(y).tolist()))}"
-        )
+    m, y = _margins_and_labels(margins, labels)
     if not np.all(np.isfinite(m)):
         raise ValueError("expected finite dev margins to fit a calibration on")
     cv = {method: _cv_nll(m, y, method) for method in ("none", "temperature", "platt")}
