@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import resource
+import select
 import socket
 import subprocess
 import sys
@@ -465,13 +466,25 @@ def test_connections_over_the_cap_get_503_with_retry_after(
 
 def test_concurrent_scoring_is_capped_with_503(scorer: Scorer, state: AgentState) -> None:
     server = _server(scorer, state, max_concurrent_scores=1)
+    head = b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nRIFF"
     slow = socket.create_connection(server.address, timeout=10)
+    slow.sendall(head)
+
+    def probe() -> tuple:
+        """One small upload; but when a probe held the slot as the slow upload arrived, the
+        slow one was the upload refused (503): start it again."""
+        nonlocal slow
+        if select.select([slow], [], [], 0)[0]:
+            assert status_of(slow.recv(65536)) == 503
+            slow.close()
+            slow = socket.create_connection(server.address, timeout=10)
+            slow.sendall(head)
+            return (None, {}, b"")
+        return request(server, "POST", "/score", b"x" * 10)
+
     try:
-        slow.sendall(b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nRIFF")
         # until the slow upload holds the only scoring slot
-        status, headers, body = poll(
-            lambda: request(server, "POST", "/score", b"x" * 10), lambda reply: reply[0] == 503
-        )
+        status, headers, body = poll(probe, lambda reply: reply[0] == 503)
         assert status == 503 and headers["Retry-After"] == "1"
         assert "1 upload(s) already being scored" in json.loads(body)["error"]
         slow.sendall(b"\0" * 996)
