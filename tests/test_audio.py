@@ -265,6 +265,66 @@ def test_streaming_resampler_equals_whole_file_resample(rate: int) -> None:
     np.testing.assert_array_equal(streamed, reference)
 
 
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 24000, 32000, 44100, 48000, 96000, 12345])
+def test_resample_is_scipy_resample_poly(rate: int) -> None:
+    """The numpy-designed filter through scipy's kernel gives resample_poly's float32 samples:
+    taps within 1e-15 of firwin's, every sample within 1 ulp (all equal at these rates)."""
+    from scipy.signal import firwin, resample_poly
+
+    from device.polyphase import lowpass_taps
+
+    up, down = audio.resample_ratio(rate)
+    ours_taps = lowpass_taps(up, down)
+    scipy_taps = firwin(20 * max(up, down) + 1, 1 / max(up, down), window=("kaiser", 5.0)) * up
+    assert np.abs(ours_taps - scipy_taps).max() < 1e-15
+    signal = np.random.default_rng(rate).uniform(-1, 1, int(rate * 1.3)).astype(np.float32)
+    ours = resample(signal, rate)
+    reference = resample_poly(signal.astype(np.float64), up, down).astype(np.float32)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape
+    np.testing.assert_array_max_ulp(ours, reference, maxulp=1)
+
+
+def test_resampling_loads_only_scipys_kernel() -> None:
+    """A 48 kHz stream resamples without `import scipy.signal` (76 MiB, about a second)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from device.audio import StreamingResampler\n"
+        "from device.polyphase import kernel_source\n"
+        "out = StreamingResampler(48000).process(np.ones(24000))\n"
+        "print(out.size, 'scipy.signal' in sys.modules, kernel_source())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    size, imported, source = result.stdout.strip().split(" ", 2)
+    assert imported == "False", "scipy.signal was imported to resample"
+    assert source.startswith("scipy.signal._upfirdn_apply (scipy's compiled upfirdn")
+    assert int(size) > 7900
+
+
+def test_resampling_falls_back_to_scipy_signal_when_the_kernel_moved() -> None:
+    """A scipy release that moved the private kernel is simulated by hiding its file (no
+    extension suffix matches; no such scipy can be installed here): the public upfirdn runs
+    instead, with the same samples, and kernel_source() says why."""
+    code = (
+        "import importlib.machinery, sys, numpy as np\n"
+        "importlib.machinery.EXTENSION_SUFFIXES[:] = []\n"
+        "from device.audio import resample\n"
+        "from device.polyphase import kernel_source\n"
+        "x = np.random.default_rng(3).uniform(-1, 1, 44100).astype(np.float32)\n"
+        "ours = resample(x, 44100)\n"
+        "from scipy.signal import resample_poly\n"
+        "ref = resample_poly(x.astype(np.float64), 160, 441).astype(np.float32)\n"
+        "print(int((ours != ref).sum()), kernel_source())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    differing, source = result.stdout.strip().split(" ", 1)
+    assert differing == "0"
+    assert source.startswith("scipy.signal.upfirdn (the private kernel did not load: ImportError")
+
+
 def test_front_end_imports_no_desktop_packages() -> None:
     code = (
         "import sys, device.audio, device.bundle\n"
