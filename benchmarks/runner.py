@@ -65,7 +65,7 @@ COLD_START_DEFINITION = (
     "first. TFLite rows load through device.runtime, so theirs includes importing the device's "
     "audio front end (scipy.signal), as the agent on a Pi does"
 )
-RSS_DEFINITION = "peak resident set (ru_maxrss) of the worker process, which loads only that format"
+RSS_DEFINITION = "peak resident set (VmHWM) of the worker process, which loads only that format"
 EFFICIENCY_DEFINITION = (
     "MACs per window / median latency, as a share of this machine's peak for the row's "
     "precision at the same thread count"

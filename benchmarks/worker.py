@@ -2,8 +2,9 @@
 
 The process imports only the runtime of its row, loads that one model, scores one window
 (the parent measures cold start from its own spawn time to that first score), warms up,
-then times windows one at a time for a bounded time. Peak RSS is this process's
-`ru_maxrss`, so it is the memory of a process that loads and runs only that format.
+then times windows one at a time for a bounded time. Peak RSS is this process's own
+`VmHWM` (device.measure.peak_rss_bytes), so it is the memory of a process that loads and
+runs only that format.
 
 The result is one JSON line on stdout after RESULT_MARKER; anything a library prints
 before it is ignored. A row that cannot run still answers: "skipped" when its runtime is

@@ -12,7 +12,7 @@ bundle, scores one window, warms up, then times windows one at a time:
     rtf               median latency / the bundle's hop: below 1 keeps up with live audio
     cold_start_ms     the parent's spawn of the worker to its first score; split into the
                       interpreter start, the runtime import, the bundle load, the first window
-    peak_rss_bytes    ru_maxrss of the worker, which loads only that format
+    peak_rss_bytes    peak RSS (VmHWM) of the worker, which loads only that format
     cpu_ms_per_window CPU time of the worker (all threads) per window
 
 Then one sustained run (int8, 1 thread, --sustain-s seconds) between two readings of the SoC
@@ -79,7 +79,7 @@ DEFINITIONS = {
     "cold_start": "the parent's spawn of a fresh worker process to its first score "
     "(interpreter start, importing device.runtime and the runtime, loading and verifying the "
     "bundle, the first window); median over rounds",
-    "rss": "peak resident set (ru_maxrss) of the worker process, which loads only that format",
+    "rss": "peak resident set (VmHWM) of the worker process, which loads only that format",
     "cpu_ms_per_window": "CPU time of the worker process (all threads) per window",
     "thermal": "SoC temperature and vcgencmd get_throttled before and after the sustained run",
 }

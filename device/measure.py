@@ -41,7 +41,18 @@ def bench_windows(window_samples: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set of this process (ru_maxrss), in bytes."""
+    """Peak resident set of this process's own image (VmHWM), in bytes.
+
+    Not ru_maxrss where /proc has VmHWM: on Linux, exec carries the spawning process's peak
+    into the new image's ru_maxrss (subprocess forks or vforks the parent first), so a light
+    worker spawned by a heavy benchmark reports the benchmark's memory."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass  # no /proc (macOS): ru_maxrss below
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(usage if sys.platform == "darwin" else usage * 1024)  # Linux reports KiB
 

@@ -159,3 +159,16 @@ def test_a_missing_bundle_is_an_error_that_names_it(
     assert main(["--bundle", str(tmp_path / "nope"), "--sustain-s", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "nope") in err
+
+
+def test_a_workers_peak_rss_is_its_own_not_its_parents() -> None:
+    """Linux carries the spawning process's peak into a child's ru_maxrss through exec; the
+    worker's figure (VmHWM) must not include the 400 MiB this test process holds."""
+    held = np.ones(400 * 2**20 // 8)  # 400 MiB, touched, so resident in this process
+    code = "from device.measure import peak_rss_bytes; print(peak_rss_bytes())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    child_mib = int(result.stdout) / 2**20
+    assert 5 < child_mib < 150, f"the child reported {child_mib:.0f} MiB"
+    assert held.sum() == held.size  # keeps the 400 MiB alive until the child has answered
