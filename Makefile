@@ -65,6 +65,11 @@ outside: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --bundle $(BUNDLE)
+	@# int8 against fp32 with both graphs interleaved in one process, on each LiteRT version:
+	@# a ratio that machine drift between the table's worker processes cannot move
+	$(PY) -m benchmarks.ops --bundle $(BUNDLE) --summary
+	@if [ -x .venv-device/bin/python ]; then .venv-device/bin/python -m benchmarks.ops --bundle $(BUNDLE) --summary; \
+	else echo "bench: no .venv-device (make device-venv): LiteRT 2.3 not timed side by side"; fi
 	@# false alarms per hour / time to detect on streams of the eval split; named operating
 	@# points into the bundle's manifest
 	$(PY) -m benchmarks.stream --bundle $(BUNDLE) --write-manifest

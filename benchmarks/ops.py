@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=6, help="interleaved rounds the runs are split into"
     )
     parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print only the whole-graph line (int8 against fp32, interleaved); the reports "
+        "are written in full all the same (default: off)",
+    )
     args = parser.parse_args(argv)
     try:
         report = profile(args.bundle, args.runs, args.rounds)
@@ -270,7 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     text = render(report)
     (args.out / f"{stem}.md").write_text(text)
-    print(json.dumps(report) if args.json else text)
+    if args.summary:
+        whole = report["whole_graph_median_ms"]
+        print(
+            f"{report['runtime']}, numpy {report['numpy']}, 1 thread, fp32 and int8 graphs "
+            f"interleaved in one process ({report['runs_per_model']} invokes each): fp32 "
+            f"{whole['fp32']:.3f} ms, int8 {whole['int8']:.3f} ms, int8 "
+            f"{whole['fp32'] / whole['int8']:.2f}x fp32's speed ({args.out / stem}.md)"
+        )
+    else:
+        print(json.dumps(report) if args.json else text)
     return 0
 
 

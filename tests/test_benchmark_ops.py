@@ -118,3 +118,24 @@ def test_a_bundle_without_both_files_is_refused(bundle: Path, tmp_path: Path) ->
     )
     assert done.returncode == 2
     assert "model_int8.tflite" in done.stderr
+
+
+def test_summary_prints_the_interleaved_whole_graph_ratio(bundle: Path, tmp_path: Path) -> None:
+    """`--summary` (what `make bench` prints per LiteRT version): one line whose ratio is the
+    whole-graph medians of the report it wrote in full."""
+    out = tmp_path / "summary"
+    command = [sys.executable, "-m", "benchmarks.ops", "--bundle", str(bundle), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--runs", "6", "--rounds", "2", "--summary"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    (json_file,) = out.glob("ops-bundle-litert*.json")
+    whole = json.loads(json_file.read_text())["whole_graph_median_ms"]
+    assert f"int8 {whole['fp32'] / whole['int8']:.2f}x fp32's speed" in line
+    assert "interleaved in one process (6 invokes each)" in line
+    assert "| FULLY_CONNECTED |" not in done.stdout  # the per-op table stays in the .md
