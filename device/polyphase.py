@@ -19,10 +19,12 @@ comes back, and `kernel_source()` says which one runs.
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,16 @@ KAISER_BETA = 5.0
 """scipy.signal.resample_poly's default window: ("kaiser", 5.0)."""
 
 _KERNEL_MODULE = "scipy.signal._upfirdn_apply"
-_kernel: Any = None
-_kernel_source = ""
-_fallback: Callable[..., np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """What runs upfirdn in this process: scipy's kernel module on its own, or else the
+    public scipy.signal.upfirdn, and a line saying which (and why)."""
+
+    kernel: Any  # the loaded _upfirdn_apply module, or None
+    fallback: Callable[..., np.ndarray] | None
+    source: str
 
 
 def lowpass_taps(up: int, down: int) -> np.ndarray:
@@ -53,62 +62,67 @@ def lowpass_taps(up: int, down: int) -> np.ndarray:
     return taps * int(up)
 
 
-def _load_kernel() -> None:
-    """Load scipy's compiled upfirdn kernel from its file, or fall back to scipy.signal."""
-    global _kernel, _kernel_source, _fallback
-    problem = ""
+@functools.cache
+def _backend() -> _Backend:
+    """Load scipy's compiled upfirdn kernel from its file once, or fall back to scipy.signal."""
     registered_here = False
     try:
         module = sys.modules.get(_KERNEL_MODULE)
         if module is None:
-            spec = importlib.util.find_spec("scipy")
-            if spec is None or not spec.submodule_search_locations:
-                raise ImportError("scipy is not installed")
-            folder = Path(next(iter(spec.submodule_search_locations))) / "signal"
-            files = [
-                folder / f"_upfirdn_apply{suffix}"
-                for suffix in importlib.machinery.EXTENSION_SUFFIXES
-                if (folder / f"_upfirdn_apply{suffix}").is_file()
-            ]
-            if not files:
-                raise ImportError(f"no compiled _upfirdn_apply in {folder}")
-            loader = importlib.machinery.ExtensionFileLoader(_KERNEL_MODULE, str(files[0]))
-            module_spec = importlib.util.spec_from_file_location(
-                _KERNEL_MODULE, files[0], loader=loader
-            )
-            if module_spec is None:
-                raise ImportError(f"cannot load {files[0]}")
-            module = importlib.util.module_from_spec(module_spec)
-            loader.exec_module(module)
+            module = _load_kernel_file()
             # Registered under its own name, so a later `import scipy.signal` (training,
             # the denoiser) reuses this module instead of initialising the extension again.
             sys.modules[_KERNEL_MODULE] = module
             registered_here = True
-        _kernel = module
         # A known case: [1, 1, 1] filtering [1, 2, 3] at up 1, down 1 is [1, 3, 6, 5, 3].
-        check = _apply_kernel(flip_phases(np.ones(3), 1), 3, np.array([1.0, 2.0, 3.0]), 1, 1)
+        check = _apply_kernel(
+            module, flip_phases(np.ones(3), 1), 3, np.array([1.0, 2.0, 3.0]), 1, 1
+        )
         if check.tolist() != [1.0, 3.0, 6.0, 5.0, 3.0]:
             raise ValueError(f"the kernel answered {check.tolist()} for a known case")
-        _kernel_source = f"{_KERNEL_MODULE} (scipy's compiled upfirdn, loaded on its own)"
-        return
+        return _Backend(
+            module, None, f"{_KERNEL_MODULE} (scipy's compiled upfirdn, loaded on its own)"
+        )
     except (ImportError, OSError, AttributeError, TypeError, ValueError) as error:
         problem = f"{type(error).__name__}: {error}"
     if registered_here:  # leave scipy.signal's own import of it to scipy
         del sys.modules[_KERNEL_MODULE]
-    _kernel = None
     from scipy.signal import upfirdn  # the public path: same numbers, full import
 
-    _fallback = upfirdn
-    _kernel_source = f"scipy.signal.upfirdn (the private kernel did not load: {problem})"
+    return _Backend(
+        None, upfirdn, f"scipy.signal.upfirdn (the private kernel did not load: {problem})"
+    )
+
+
+def _load_kernel_file() -> Any:
+    """scipy/signal/_upfirdn_apply loaded from its file, without scipy/signal/__init__.py."""
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("scipy is not installed")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "signal"
+    files = [
+        folder / f"_upfirdn_apply{suffix}"
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+        if (folder / f"_upfirdn_apply{suffix}").is_file()
+    ]
+    if not files:
+        raise ImportError(f"no compiled _upfirdn_apply in {folder}")
+    loader = importlib.machinery.ExtensionFileLoader(_KERNEL_MODULE, str(files[0]))
+    module_spec = importlib.util.spec_from_file_location(_KERNEL_MODULE, files[0], loader=loader)
+    if module_spec is None:
+        raise ImportError(f"cannot load {files[0]}")
+    module = importlib.util.module_from_spec(module_spec)
+    loader.exec_module(module)
+    return module
 
 
 def _apply_kernel(
-    h_trans_flip: np.ndarray, taps_len: int, x: np.ndarray, up: int, down: int
+    kernel: Any, h_trans_flip: np.ndarray, taps_len: int, x: np.ndarray, up: int, down: int
 ) -> np.ndarray:
     """scipy.signal._upfirdn._UpFIRDn.apply_filter for a 1-D float64 signal."""
     x = np.ascontiguousarray(x, dtype=np.float64)
-    out = np.zeros(int(_kernel._output_len(taps_len, x.shape[0], up, down)), dtype=np.float64)
-    _kernel._apply(x, h_trans_flip, out, up, down, 0, _kernel.mode_enum("constant"), 0.0)
+    out = np.zeros(int(kernel._output_len(taps_len, x.shape[0], up, down)), dtype=np.float64)
+    kernel._apply(x, h_trans_flip, out, up, down, 0, kernel.mode_enum("constant"), 0.0)
     return out
 
 
@@ -125,25 +139,18 @@ class Upfirdn:
     (zero-padded ends, full-length output)."""
 
     def __init__(self, taps: np.ndarray, up: int, down: int) -> None:
-        if _kernel is None and _fallback is None:
-            _load_kernel()
+        self._backend = _backend()
         self.taps = np.asarray(taps, dtype=np.float64)
         self.up, self.down = int(up), int(down)
         self._h_trans_flip = flip_phases(self.taps, self.up)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if _kernel is not None:
-            return _apply_kernel(self._h_trans_flip, self.taps.size, x, self.up, self.down)
-        fallback = _fallback if _fallback is not None else _missing
+        kernel, fallback = self._backend.kernel, self._backend.fallback
+        if kernel is not None:
+            return _apply_kernel(kernel, self._h_trans_flip, self.taps.size, x, self.up, self.down)
         return np.asarray(fallback(self.taps, np.asarray(x, np.float64), self.up, self.down))
-
-
-def _missing(*_args: object) -> np.ndarray:
-    raise RuntimeError("no upfirdn: the kernel failed and scipy.signal did not load either")
 
 
 def kernel_source() -> str:
     """Which upfirdn runs: scipy's kernel on its own, or scipy.signal.upfirdn and why."""
-    if _kernel is None and _fallback is None:
-        _load_kernel()
-    return _kernel_source
+    return _backend().source

@@ -265,6 +265,14 @@ def test_streaming_resampler_equals_whole_file_resample(rate: int) -> None:
     np.testing.assert_array_equal(streamed, reference)
 
 
+def _python_stdout(code: str) -> str:
+    """What `python -c code` prints, stripped, in a fresh process (its imports start empty)."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
 @pytest.mark.parametrize("rate", [8000, 11025, 22050, 24000, 32000, 44100, 48000, 96000, 12345])
 def test_resample_is_scipy_resample_poly(rate: int) -> None:
     """The numpy-designed filter through scipy's kernel gives resample_poly's float32 samples:
@@ -293,10 +301,7 @@ def test_resampling_loads_only_scipys_kernel() -> None:
         "out = StreamingResampler(48000).process(np.ones(24000))\n"
         "print(out.size, 'scipy.signal' in sys.modules, kernel_source())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    size, imported, source = result.stdout.strip().split(" ", 2)
+    size, imported, source = _python_stdout(code).split(" ", 2)
     assert imported == "False", "scipy.signal was imported to resample"
     assert source.startswith("scipy.signal._upfirdn_apply (scipy's compiled upfirdn")
     assert int(size) > 7900
@@ -317,10 +322,7 @@ def test_resampling_falls_back_to_scipy_signal_when_the_kernel_moved() -> None:
         "ref = resample_poly(x.astype(np.float64), 160, 441).astype(np.float32)\n"
         "print(int((ours != ref).sum()), kernel_source())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    differing, source = result.stdout.strip().split(" ", 1)
+    differing, source = _python_stdout(code).split(" ", 1)
     assert differing == "0"
     assert source.startswith("scipy.signal.upfirdn (the private kernel did not load: ImportError")
 
@@ -332,10 +334,7 @@ def test_front_end_imports_no_desktop_packages() -> None:
         " if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""
+    assert _python_stdout(code) == ""
 
 
 # --------------------------------------------------------------------------- bounded decode
