@@ -63,7 +63,7 @@ COLD_START_DEFINITION = (
     "worker's first logits (interpreter start, imports, model load, first inference; the JSON "
     "splits it into those stages); median over rounds, with the OS file cache warm after the "
     "first. TFLite rows load through device.runtime, so theirs includes importing the device's "
-    "audio front end (scipy.signal), as the agent on a Pi does"
+    "audio front end, as the agent on a Pi does"
 )
 RSS_DEFINITION = "peak resident set (VmHWM) of the worker process, which loads only that format"
 EFFICIENCY_DEFINITION = (

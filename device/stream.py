@@ -319,8 +319,8 @@ class StreamPipeline:
 
     def prepare(self, sample_rate: int | None) -> None:
         """Build the resampler for the rate the source is expected to deliver, before any
-        audio: its filter design and scipy.signal's import (about a second on a loaded
-        core) then belong to the start-up, not to the first window's latency."""
+        audio: its filter design and the loading of scipy's upfirdn kernel then belong to
+        the start-up, not to the first window's latency."""
         if sample_rate:
             self._prepared = StreamingResampler(int(sample_rate), SAMPLE_RATE)
 
