@@ -78,8 +78,38 @@ def test_convert_writes_a_bundle_the_device_loads(converted: tuple[Path, int]) -
         "inference_output_type": "int8",
         "representative_dataset": True,
         "per_channel_weights": True,
+        "per_channel_dense_weights": False,
         "calibration_windows": calibrated["windows"],
+        "intermediate_tensor_names_removed_bytes": manifest.tools["int8_quantization"][
+            "intermediate_tensor_names_removed_bytes"
+        ],
     }
+    assert manifest.tools["int8_quantization"]["intermediate_tensor_names_removed_bytes"] > 0
+
+
+def test_int8_file_is_lean(converted: tuple[Path, int]) -> None:
+    """Conv weights per channel, fully connected weights per tensor, only the I/O named."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    out, _ = converted
+    model = flatbuffer_utils.read_model(str(out / MODEL_FILES["int8"]))
+    (graph,) = model.subgraphs
+    # (scales, output channels) of each weight tensor, by op
+    scales_by_op: dict[str, list[tuple[int, int]]] = {"CONV_2D": [], "FULLY_CONNECTED": []}
+    for op in graph.operators:
+        name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        if name in scales_by_op:
+            weights = graph.tensors[op.inputs[1]]
+            scales_by_op[name].append((len(weights.quantization.scale), int(weights.shape[0])))
+    conv, dense = scales_by_op["CONV_2D"], scales_by_op["FULLY_CONNECTED"]
+    assert conv and all(scales == channels for scales, channels in conv)
+    assert any(channels > 1 for _, channels in conv)
+    assert dense and all(scales == 1 for scales, _ in dense)
+    assert any(channels > 1 for _, channels in dense)
+    io = set(graph.inputs) | set(graph.outputs)
+    named = {i for i, tensor in enumerate(graph.tensors) if tensor.name}
+    assert named == io
+    assert model.signatureDefs, "the signature must survive the name stripping"
 
 
 def test_thresholds_come_from_the_dev_split(converted: tuple[Path, int]) -> None:

@@ -290,4 +290,5 @@ def test_full_int8_settings_are_what_the_converter_reads_back() -> None:
         "inference_output_type": "int8",
         "representative_dataset": True,
         "per_channel_weights": True,
+        "per_channel_dense_weights": False,
     }
