@@ -339,13 +339,15 @@ def fuzzed_bundle(source: Path, target: Path, seed: int) -> Path:
     return target
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_a_model_that_crashes_the_interpreter_is_refused(
     fixture_bundle: Path, tmp_path: Path, seed: int
 ) -> None:
     """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file).
     The seeds are ones that crash LiteRT 2.3 on the fixture model; if the fixture model's
-    bytes change, pick new ones (21 of seeds 0-29 crashed). Which signal a corrupted model
+    bytes change, pick new ones (21 of seeds 0-29 crashed; 17 since the int8 file lost its
+    intermediate tensor names, seed 0 now failing to load instead, which is refused with a
+    message as it should be). Which signal a corrupted model
     dies of depends on where its bad offsets land in memory: seed 2 died of SIGBUS in one
     run and SIGSEGV in the next with the same file, so the test requires a fatal signal,
     named, not a particular one."""
