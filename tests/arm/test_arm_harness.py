@@ -199,6 +199,46 @@ def test_a_flipped_decision_fails():
     assert any("decisions differ" in p for p in problems)
 
 
+def test_an_int8_tie_flipped_within_the_lsb_tolerance_is_reported_not_failed():
+    # Measured on the demo bundle under tflite-runtime on Arm: x86 logits [-10, -10] give
+    # P(spoof) 0.5 (spoof), Arm's [-9, -10] give 0.4925 (bona fide): a 1 LSB rounding at a tie.
+    ref = probe_result([0.5, 0.9], [[-10, -10], [-20, 20]])
+    ours = probe_result([0.4925, 0.9], [[-9, -10], [-20, 20]])
+    rows = compare.compare_probes(env(runtime="tflite"), ours, ref)
+    row = next(r for r in rows if r["check"] == "tiny model")
+    assert not row["decisions_equal"]  # the flip is in the report
+    assert (
+        [t["window"] for t in row["tie_flips"]]
+        == [0]
+        == [f["window"] for f in row["decision_flips"]]
+    )
+    assert compare.verdict(rows) == []
+    assert "1 tie(s)" in compare.format_table(rows)
+    assert compare.tie_lines(rows) == [
+        "tie: tiny model cortex-a72/tflite int8 window 0: raw [-9, -10] (P(spoof) 0.4925) "
+        "against x86 [-10, -10] (0.5000), within 2 LSB"
+    ]
+
+
+def test_a_flip_beyond_the_lsb_tolerance_fails_even_next_to_a_tie():
+    ref = probe_result([0.5, 0.45], [[-10, -10], [-10, -12]])
+    ours = probe_result([0.4925, 0.52], [[-9, -10], [-13, -12]])  # window 1: 3 LSB
+    rows = compare.compare_probes(env(runtime="tflite"), ours, ref)
+    assert compare.verdict(rows) == [
+        "tiny model cortex-a72/tflite int8 default: decisions differ from x86 in 1 window(s) "
+        "beyond a tie within 2 LSB"
+    ]
+
+
+def test_fp32_has_no_ties():
+    ref = probe_result([0.5, 0.9], [[-1.0, -1.0], [-2.0, 2.0]])
+    ours = probe_result([0.4999, 0.9], [[-0.9999, -1.0], [-2.0, 2.0]])
+    ref["models"] = {"tiny:fp32": ref["models"]["tiny:int8"]}
+    ours["models"] = {"tiny:fp32": ours["models"]["tiny:int8"]}
+    problems = compare.verdict(compare.compare_probes(env(runtime="litert"), ours, ref))
+    assert any("decisions differ" in p for p in problems)
+
+
 def test_lossless_front_end_must_be_bit_exact(tmp_path):
     ref, ours = probe_result([0.2], [[1, 1]], "x"), probe_result([0.2], [[1, 1]], "y")
     arrays = {f"a.wav:{s}": np.zeros(4, np.float32) for s in ("decoded", "signal", "windows")}
