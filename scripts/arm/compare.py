@@ -359,9 +359,8 @@ def compare_probes(env: Env, ours: dict[str, Any], ref: dict[str, Any]) -> list[
                     bit_exact=mine["raw_outputs"] == reference["raw_outputs"],
                     max_raw_diff=max_abs_diff(mine["raw_outputs"], reference["raw_outputs"]),
                     max_p_spoof_diff=max_abs_diff(p_ours, p_ref),
-                    decisions_equal=not flips["windows"],
-                    decision_flips=flips["windows"],
-                    tie_flips=flips["ties"],
+                    decisions_equal=not flips,
+                    decision_flips=flips,
                     emulated_ms_per_window=round(mine["ms_per_window"], 2),
                 )
             rows.append(row)
@@ -370,8 +369,8 @@ def compare_probes(env: Env, ours: dict[str, Any], ref: dict[str, Any]) -> list[
 
 def decision_flips(
     model_format: str, mine: dict[str, Any], reference: dict[str, Any]
-) -> dict[str, list[dict[str, Any]]]:
-    """Windows whose decision (P(spoof) >= 0.5) differs from x86, and which of them are ties.
+) -> list[dict[str, Any]]:
+    """Windows whose decision (P(spoof) >= 0.5) differs from x86, each marked whether a tie.
 
     A tie: an int8 window whose two raw outputs are each within INT8_LSB_TOLERANCE of x86's.
     Such a window sits within 2 x INT8_LSB_TOLERANCE steps of the decision boundary on x86
@@ -380,23 +379,23 @@ def decision_flips(
     says such a difference is allowed. Every other flip fails the run, and fp32 has no ties.
     """
     flipped: list[dict[str, Any]] = []
-    ties: list[dict[str, Any]] = []
     pairs = zip(mine["p_spoof"], reference["p_spoof"], strict=True)
     for index, (p_ours, p_ref) in enumerate(pairs):
         if (p_ours >= 0.5) == (p_ref >= 0.5):
             continue
         raw_ours, raw_ref = mine["raw_outputs"][index], reference["raw_outputs"][index]
-        window = {
-            "window": index,
-            "raw": raw_ours,
-            "x86_raw": raw_ref,
-            "p_spoof": p_ours,
-            "x86_p_spoof": p_ref,
-        }
-        flipped.append(window)
-        if model_format == "int8" and max_abs_diff(raw_ours, raw_ref) <= INT8_LSB_TOLERANCE:
-            ties.append(window)
-    return {"windows": flipped, "ties": ties}
+        tie = model_format == "int8" and max_abs_diff(raw_ours, raw_ref) <= INT8_LSB_TOLERANCE
+        flipped.append(
+            {
+                "window": index,
+                "raw": raw_ours,
+                "x86_raw": raw_ref,
+                "p_spoof": p_ours,
+                "x86_p_spoof": p_ref,
+                "tie": tie,
+            }
+        )
+    return flipped
 
 
 def parse_json_lines(text: str) -> list[dict[str, Any]]:
@@ -642,7 +641,7 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
         if row.get("same_error") is False:
             problems.append(f"{where}: errors differ from x86 ({row['error']})")
         if "decision_flips" in row:
-            untied = len(row["decision_flips"]) - len(row["tie_flips"])
+            untied = sum(not flip["tie"] for flip in row["decision_flips"])
             if untied:
                 problems.append(
                     f"{where}: decisions differ from x86 in {untied} window(s) beyond a tie "
@@ -682,7 +681,7 @@ def tie_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per window whose decision a tolerated int8 rounding flipped (see decision_flips)."""
     lines = []
     for row in rows:
-        for tie in row.get("tie_flips", []):
+        for tie in (flip for flip in row.get("decision_flips", []) if flip["tie"]):
             lines.append(
                 f"tie: {row['check']} {row['cpu']}/{row['runtime']} {row['format']} window "
                 f"{tie['window']}: raw {tie['raw']} (P(spoof) {tie['p_spoof']:.4f}) against x86 "
@@ -714,9 +713,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             decisions, exact, diff = "-", "-", f"error both sides: {row['same_error']}"
         else:
             decisions = {True: "equal", False: "DIFFER", None: "-"}[row.get("decisions_equal")]
-            ties = len(row.get("tie_flips", []))
-            if ties and ties == len(row["decision_flips"]):
-                decisions = f"{ties} tie(s)"
+            flips = row.get("decision_flips", [])
+            if flips and all(flip["tie"] for flip in flips):
+                decisions = f"{len(flips)} tie(s)"
             exact = {True: "yes", False: "no"}[row["bit_exact"]]
             diff = f"{row['max_p_spoof_diff']:.3g}" if "max_p_spoof_diff" in row else ""
             if row.get("max_raw_diff"):
