@@ -15,6 +15,7 @@ from device.stream import (
     DecisionSettings,
     StreamPipeline,
     WindowRing,
+    mean_of_scores,
     replay,
 )
 from tests.device_fixtures import noise, scenario, to_pcm16, tone, write_wav
@@ -163,6 +164,25 @@ def _entries(decisions: list[str]) -> int:
         d == "spoof" and b != "spoof"
         for d, b in zip(decisions, ["silence", *decisions[:-1]], strict=True)
     )
+
+
+def test_the_smoothed_score_is_np_mean_bit_for_bit() -> None:
+    """The Decider's mean is numpy's summation order, so a smoothed score (and a decision
+    at the threshold) is what np.mean gave: uniform scores, scores spanning 12 decades, and
+    float32-rounded ones (what the model gives), for every history length up to 140."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 141):
+        for values in (
+            rng.random(n),
+            rng.random(n) * 10.0 ** rng.integers(-12, 1, n),
+            rng.random(n).astype(np.float32).astype(np.float64),
+        ):
+            for _ in range(20):
+                rng.shuffle(values)
+                scores = tuple(float(v) for v in values)
+                assert mean_of_scores(scores) == float(np.mean(scores)), (n, scores)
+    with pytest.raises(ValueError, match="at least one score"):
+        mean_of_scores(())
 
 
 def test_decision_settings_reject_bad_values() -> None:
