@@ -159,6 +159,20 @@ def test_kokoro_speaks_espeak_phonemes_with_a_mixed_voice() -> None:
     assert not np.array_equal(audio, model.synthesize(ipa, model.style({"jm_kumo": 1.0}), 1.0))
 
 
+def test_kokoro_is_given_only_about_as_much_text_as_the_file_keeps() -> None:
+    """A text of spelled-out numbers (the Russian speakers' sentences) gave 214 IPA characters
+    and 16.6 s of Kokoro speech for a 2.2 s source; the cut keeps whole words, at least the
+    budget of (2.2 + 1) s x 20 characters, and leaves a short text alone."""
+    words = ["sʲˈejm", "tˈysʲitʃʲ", "ʃˌɛsʲtʲsˈot", "sʲˈemdʲɛsʲattrʲˈi"] * 12
+    ipa = " ".join(words)
+    budget = int(np.ceil((2.2 + 1.0) * real_corpus.KOKORO_IPA_CHARS_PER_S))
+    cut = real_corpus.kokoro_ipa(ipa, 2.2)
+    assert budget <= len(cut) < budget + max(len(w) for w in words) + 1
+    assert ipa.startswith(cut) and ipa[len(cut)] == " " and not cut.endswith(" ")
+    assert real_corpus.kokoro_ipa(ipa, 60.0) == ipa
+    assert real_corpus.kokoro_ipa("a" * 500, 1.0) == "a" * 500  # no word boundary: uncut
+
+
 def test_utterances_split_at_pauses_and_respect_the_length_bounds() -> None:
     speech = _tone_and_noise(1.5)
     pause = np.zeros(int(0.5 * SAMPLE_RATE))
