@@ -159,6 +159,73 @@ def test_kokoro_speaks_espeak_phonemes_with_a_mixed_voice() -> None:
     assert not np.array_equal(audio, model.synthesize(ipa, model.style({"jm_kumo": 1.0}), 1.0))
 
 
+def _integer_graph(seed: int) -> tuple[bytes, dict[str, np.ndarray]]:
+    """A float input quantized on the fly into a ConvInteger (uint8 weights, per-tensor zero
+    points) and a MatMulInteger (int8 weights, per-column zero points), as onnxruntime's
+    dynamic quantization writes them in Kokoro; int32 outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    conv_w = rng.integers(0, 256, size=(6, 4, 5), dtype=np.uint8)
+    matmul_w = rng.integers(-128, 128, size=(9, 7), dtype=np.int8)
+    constants = [
+        numpy_helper.from_array(conv_w, "conv_w"),
+        numpy_helper.from_array(np.array(131, dtype=np.uint8), "conv_wz"),
+        numpy_helper.from_array(matmul_w, "mm_w"),
+        numpy_helper.from_array(rng.integers(-9, 9, size=7, dtype=np.int8), "mm_wz"),
+    ]
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+        helper.make_node(
+            "ConvInteger", ["xq", "conv_w", "xz", "conv_wz"], ["conv"], pads=[2, 2], group=1
+        ),
+        helper.make_node("DynamicQuantizeLinear", ["m"], ["mq", "ms", "mz"]),
+        helper.make_node("MatMulInteger", ["mq", "mm_w", "mz", "mm_wz"], ["matmul"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "integer",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 50]),
+            helper.make_tensor_value_info("m", TensorProto.FLOAT, [3, 9]),
+        ],
+        [
+            helper.make_tensor_value_info("conv", TensorProto.INT32, None),
+            helper.make_tensor_value_info("matmul", TensorProto.INT32, None),
+        ],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+    feeds = {
+        "x": rng.normal(size=(1, 4, 50)).astype(np.float32),
+        "m": rng.normal(size=(3, 9)).astype(np.float32),
+    }
+    return model.SerializeToString(), feeds
+
+
+def test_integer_products_in_float_give_the_integer_kernels_results() -> None:
+    """Kokoro's ConvInteger / MatMulInteger run as float Conv / MatMul of the same integers
+    (train.synth.neural.integer_products_in_float): the int32 results are the integer
+    kernels' own, for several random graphs, in onnxruntime."""
+    import onnxruntime
+
+    from train.synth.neural import integer_products_in_float
+
+    for seed in range(5):
+        model, feeds = _integer_graph(seed)
+        rewritten = integer_products_in_float(model)
+        ops = {n.op_type for n in __import__("onnx").load_from_string(rewritten).graph.node}
+        assert not ops & {"ConvInteger", "MatMulInteger"} and {"Conv", "MatMul"} <= ops
+        integer, floating = (
+            onnxruntime.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feeds)
+            for m in (model, rewritten)
+        )
+        for a, b in zip(integer, floating, strict=True):
+            assert a.dtype == b.dtype == np.int32 and a.shape == b.shape
+            assert np.array_equal(a, b)
+            assert np.abs(a).max() > 10_000  # real products, not zeros
+
+
 def test_kokoro_is_given_only_about_as_much_text_as_the_file_keeps() -> None:
     """A text of spelled-out numbers (the Russian speakers' sentences) gave 214 IPA characters
     and 16.6 s of Kokoro speech for a 2.2 s source; the cut keeps whole words, at least the
