@@ -5,11 +5,14 @@
 
 Runs `python -m device listen --source FILE --realtime --every-window` on a recording of
 `--seconds` at `--rate` (speech-like tones, noise and pauses, made here; or --audio FILE),
-so the agent reads 64 ms chunks at the pace of a microphone, resamples them, scores every
-window and writes every event to a file, as it would on a Pi. Reports:
+so the agent reads chunks of its default size (`--chunk-ms`) at the pace of a microphone,
+resamples them, scores every window and writes every event to a file, as it would on a Pi.
+Reports:
 
-- CPU use as a percentage of one core: over the whole run, and steady state (from the
-  agent's start event, after imports and model load, to its exit);
+- CPU use as a percentage of one core: over the whole run; in steady state (from 5 s after
+  the agent's start event to the last poll before the audio ends, so neither the first
+  windows' one-time costs nor the shutdown count); and from the start event to the exit
+  (what "steady" meant before 2026-12-02);
 - peak RSS of the agent process (VmHWM from /proc, polled while it runs: the child's
   ru_maxrss from wait4 would include this process's own peak, see _vm_hwm_mib);
 - latency from a window's last sample arriving to its event (the events' latency_ms),
@@ -44,10 +47,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from device.config import SourceSettings
+
 REPO = Path(__file__).resolve().parents[1]
 RATE = 48000
-CHUNK_MS = 64.0
+CHUNK_MS = SourceSettings().chunk_ms  # the agent's own default read size
 COLD_START_AUDIO_S = 2.0
+# Steady state: from SETTLE_S after the start event (the first windows pay one-time costs:
+# buffers, caches, the decider filling) to END_MARGIN_S before the audio ends (then come the
+# stop event, the event file's close and the interpreter's teardown).
+SETTLE_S = 5.0
+END_MARGIN_S = 0.5
 
 
 def make_audio(path: Path, seconds: float, seed: int = 0, rate: int = RATE) -> Path:
@@ -81,6 +91,27 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _steady_marks(
+    pid: int,
+    now: float,
+    start: float,
+    seconds: float,
+    settled: tuple[float, float] | None,
+    last_in_stream: tuple[float, float] | None,
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The steady state's two ends, moved by one poll: SETTLE_S after the start event (the
+    first windows' one-time costs are behind), and the latest poll while the audio still
+    flows (before the stop event, the event file's close and the interpreter's exit)."""
+    if settled is None and now - start >= min(SETTLE_S, seconds / 4):
+        cpu = _proc_cpu_s(pid)
+        return ((now, cpu) if cpu is not None else None), last_in_stream
+    if settled is not None and now - start <= seconds - END_MARGIN_S:
+        cpu = _proc_cpu_s(pid)
+        if cpu is not None:
+            last_in_stream = (now, cpu)
+    return settled, last_in_stream
 
 
 def _feed_pcm(
@@ -169,7 +200,8 @@ def measure(
     with tempfile.TemporaryDirectory(prefix="agent-load-") as tmp:
         tmp_dir = Path(tmp)
         audio = audio or make_audio(tmp_dir / "stream.wav", seconds, rate=rate)
-        capture_rate = sf.info(str(audio)).samplerate
+        info = sf.info(str(audio))
+        capture_rate, audio_s = info.samplerate, info.duration
         events_path = tmp_dir / "events.jsonl"
         if source == "stdin":
             source_args = ["--source", "stdin", "--rate", str(capture_rate)]
@@ -201,7 +233,9 @@ def measure(
                 daemon=True,
             )
             feeder.start()
-        steady_start: tuple[float, float] | None = None
+        steady_start: tuple[float, float] | None = None  # (monotonic, CPU s) at the start event
+        settled: tuple[float, float] | None = None  # SETTLE_S later: first windows done
+        last_in_stream: tuple[float, float] | None = None  # last poll while audio still flows
         show = sys.stderr.isatty()
         next_note = started + 10
         peak_mib = 0.0
@@ -218,6 +252,10 @@ def measure(
                 cpu = _proc_cpu_s(process.pid)
                 if cpu is not None:
                     steady_start = (now, cpu)
+            elif steady_start is not None:
+                settled, last_in_stream = _steady_marks(
+                    process.pid, now, steady_start[0], audio_s, settled, last_in_stream
+                )
             if show and now >= next_note:
                 print(f"  ... {now - started:.0f} s of ~{seconds:.0f} s", file=sys.stderr)
                 next_note += 10
@@ -231,10 +269,13 @@ def measure(
     wall_s = ended - started
     windows = [e for e in events if e["type"] in ("window", "decision")]
     stop = events[-1]
-    steady = None
+    after_start = steady = None
     if steady_start is not None:
-        steady_wall = ended - steady_start[0]
-        steady = round(100.0 * (cpu_total_s - steady_start[1]) / steady_wall, 2)
+        after_start = round(100.0 * (cpu_total_s - steady_start[1]) / (ended - steady_start[0]), 2)
+    if settled is not None and last_in_stream is not None and last_in_stream[0] > settled[0] + 1:
+        steady = round(
+            100.0 * (last_in_stream[1] - settled[1]) / (last_in_stream[0] - settled[0]), 2
+        )
     start_event = events[0]
     return {
         "bundle": str(bundle),
@@ -251,6 +292,9 @@ def measure(
         "wall_s": round(wall_s, 2),
         "cpu_percent_of_one_core": round(100.0 * cpu_total_s / wall_s, 2),
         "cpu_percent_of_one_core_steady": steady,
+        "cpu_percent_of_one_core_after_start": after_start,
+        "steady_state": f"from {SETTLE_S:g} s after the start event to the last poll before "
+        "the audio ends (no first windows, no shutdown); after_start: start event to exit",
         "peak_rss_mib": round(peak_mib, 1),
         "ru_maxrss_mib": round(usage.ru_maxrss / 1024.0, 1),  # includes this process's peak
         "windows": len(windows),
@@ -359,7 +403,8 @@ def _summary(report: dict) -> list[str]:
         f"({report['source']}, {report['chunk_ms']:g} ms chunks), "
         f"{report['windows']} windows, {report['overflows']} overflows",
         f"  CPU  {report['cpu_percent_of_one_core']} % of one core over the run, "
-        f"{report['cpu_percent_of_one_core_steady']} % steady state",
+        f"{report['cpu_percent_of_one_core_steady']} % steady state "
+        f"({report['cpu_percent_of_one_core_after_start']} % from the start event to the exit)",
         f"  RSS  peak {report['peak_rss_mib']} MiB",
         f"  last sample -> event  p50 {lat['p50']} ms  p95 {lat['p95']} ms  max {lat['max']} ms",
         f"  inference per window  p50 {inf['p50']} ms  p95 {inf['p95']} ms",

@@ -107,6 +107,7 @@ interpreter.invoke()
 """
 
 PROBE_TIMEOUT_S = 120.0
+LOOP_WAIT_S = 0.5  # the longest the loop waits for a chunk: a stop is noticed within it
 
 
 def probe_model(
@@ -225,6 +226,20 @@ class Agent:
         # Expected audio: a window needs window + hop samples at most after the last one.
         floor_s = (scorer.window_samples + scorer.hop_samples) / SAMPLE_RATE
         state.stall_after_s = max(stall_s, floor_s) if stall_s > 0 else None
+
+    @property
+    def _wait_s(self) -> float:
+        """How long the loop may wait for a chunk before its periodic duties are due (a
+        heartbeat, a watchdog ping, an fsync, noticing a stop or a source's new state): up to
+        LOOP_WAIT_S, so that a 256 ms chunk is one wake-up, not a time-out and a wake-up."""
+        wait_s = min(LOOP_WAIT_S, self.heartbeat_s)
+        if self.notify.watchdog_s is not None:
+            wait_s = min(wait_s, self.notify.watchdog_s / 4)
+        for sink in self.sinks:
+            due_in_s = sink.file.sync_due_in_s() if isinstance(sink, FileSink) else None
+            if due_in_s is not None:
+                wait_s = min(wait_s, due_in_s)
+        return max(0.01, wait_s)
 
     def request_stop(self, reason: str) -> None:
         """Ask run() to finish the current chunk and return (safe from a signal handler)."""
@@ -375,7 +390,7 @@ class Agent:
                 if self._stop.is_set():
                     reason = self._stop_reason or "stop requested"
                     break
-                item = self.source.get(timeout_s=min(0.25, self.heartbeat_s))
+                item = self.source.get(timeout_s=self._wait_s)
                 self._source_events()
                 if item is END:
                     self._handle(self.pipeline.finish())

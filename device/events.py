@@ -189,6 +189,13 @@ class EventFile:
         since = self._unsynced_since
         return since is not None and time.monotonic() - since >= self.fsync_interval_s
 
+    def sync_due_in_s(self) -> float | None:
+        """Seconds until `sync_due` has lines to sync (0 when overdue); None: none unsynced."""
+        since = self._unsynced_since
+        if since is None or not self.fsync:
+            return None
+        return max(0.0, since + self.fsync_interval_s - time.monotonic())
+
     def _sync_now(self, event_type: Any) -> bool:
         if not self.fsync:
             return False
