@@ -108,6 +108,7 @@ interpreter.invoke()
 
 PROBE_TIMEOUT_S = 120.0
 LOOP_WAIT_S = 0.5  # the longest the loop waits for a chunk: a stop is noticed within it
+SYNC_RETRY_S = 0.25  # an overdue fsync is tried again at most this often
 
 
 def probe_model(
@@ -238,7 +239,9 @@ class Agent:
         for sink in self.sinks:
             due_in_s = sink.file.sync_due_in_s() if isinstance(sink, FileSink) else None
             if due_in_s is not None:
-                wait_s = min(wait_s, due_in_s)
+                # Not below SYNC_RETRY_S: on a failing disk the sync stays due, and the loop
+                # retries (and logs) at the pace it always did, not as fast as it can.
+                wait_s = min(wait_s, max(due_in_s, SYNC_RETRY_S))
         return max(0.01, wait_s)
 
     def request_stop(self, reason: str) -> None:

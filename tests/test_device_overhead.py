@@ -126,6 +126,32 @@ def test_fsync_interval_flag_overrides_the_setting() -> None:
     assert listen_settings(args).events.fsync_interval_s == EventSettings().fsync_interval_s == 1.0
 
 
+def test_the_loop_waits_for_chunks_until_a_duty_is_due(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """At most LOOP_WAIT_S (so a 256 ms chunk is one wake-up), less when the event file's
+    next fsync comes sooner, and never below SYNC_RETRY_S when a sync stays due: an fsync that
+    fails (which no test disk can be made to do, so its state is set by hand here) is retried
+    and logged 4 times a second, not in a tight loop."""
+    from device.agent import LOOP_WAIT_S, SYNC_RETRY_S, build_agent
+
+    listen = ["listen", "--bundle", str(fixture_bundle), "--source", "stdin", "--rate", "16000"]
+    events = ["--events-file", str(tmp_path / "e.jsonl"), "--every-window"]
+    agent = build_agent(listen_settings(_parser().parse_args([*listen, *events])))
+    assert agent._wait_s == LOOP_WAIT_S  # nothing unsynced yet
+    file = next(sink.file for sink in agent.sinks if hasattr(sink, "file"))
+    file.write({"type": "window", "window": 0})
+    assert SYNC_RETRY_S <= agent._wait_s <= LOOP_WAIT_S
+    file._unsynced_since = time.monotonic() - 60.0  # overdue, as after a failed fsync
+    assert agent._wait_s == SYNC_RETRY_S
+    file.close()
+    args = _parser().parse_args([*listen, *events, "--heartbeat-s", "0.1"])
+    often = build_agent(listen_settings(args))
+    assert often._wait_s == 0.1
+    for sink in often.sinks:
+        sink.close()
+
+
 def test_sigterm_loses_no_event_with_a_long_fsync_interval(
     fixture_bundle: Path, tmp_path: Path
 ) -> None:
