@@ -184,17 +184,20 @@ class EventFile:
         self.fsyncs += 1
         self._unsynced_since = None
 
+    def _unsynced_age_s(self) -> float | None:
+        """How long ago the oldest unsynced line was written (None: none; only set with fsync)."""
+        since = self._unsynced_since
+        return None if since is None else time.monotonic() - since
+
     def _overdue(self) -> bool:
         """An unsynced line was written `fsync_interval_s` or more ago."""
-        since = self._unsynced_since
-        return since is not None and time.monotonic() - since >= self.fsync_interval_s
+        age_s = self._unsynced_age_s()
+        return age_s is not None and age_s >= self.fsync_interval_s
 
     def sync_due_in_s(self) -> float | None:
         """Seconds until `sync_due` has lines to sync (0 when overdue); None: none unsynced."""
-        since = self._unsynced_since
-        if since is None or not self.fsync:
-            return None
-        return max(0.0, since + self.fsync_interval_s - time.monotonic())
+        age_s = self._unsynced_age_s()
+        return None if age_s is None else max(0.0, self.fsync_interval_s - age_s)
 
     def _sync_now(self, event_type: Any) -> bool:
         if not self.fsync:
