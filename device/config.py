@@ -92,7 +92,7 @@ class SourceSettings:
     )
     channels: int = 1
     # 256 ms: each read wakes the reader and the main loop, and on an idle core a wake-up
-    # costs about 0.14 ms of CPU here, as much as a third of a window's model time; 64 ms
+    # costs about 0.14 ms of CPU here, about a quarter of a window's model time; 64 ms
     # chunks cost 0.83 % of a core in steady state, 256 ms 0.5 % (docs/device.md). A window
     # then waits on average half a chunk longer for the read that completes it.
     chunk_ms: float = 256.0
