@@ -99,14 +99,21 @@ class SdNotify:
 _PROBE = """
 import importlib, sys
 import numpy as np
-interpreter = importlib.import_module(sys.argv[1]).Interpreter(model_path=sys.argv[2])
-interpreter.allocate_tensors()
-for detail in interpreter.get_input_details():
-    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
-interpreter.invoke()
+Interpreter = importlib.import_module(sys.argv[1]).Interpreter
+try:
+    interpreter = Interpreter(model_path=sys.argv[2])
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+    interpreter.invoke()
+except (ValueError, RuntimeError) as error:
+    print(" ".join(str(error).split()))  # stdout: the runtime's own logs go to stderr
+    sys.exit(int(sys.argv[3]))
 """
+PROBE_REFUSED = 3  # the probe's exit status when the interpreter refused the model with an error
 
 PROBE_TIMEOUT_S = 120.0
+MAX_PROBE_REASON_CHARS = 400  # of the interpreter's message, quoted in the error
 LOOP_WAIT_S = 0.5  # the longest the loop waits for a chunk: a stop is noticed within it
 SYNC_RETRY_S = 0.25  # an overdue fsync is tried again at most this often
 
@@ -123,8 +130,9 @@ def probe_model(
     outright: 21 of 30 byte-flipped fixture models died of SIGSEGV or SIGBUS. In a child the
     crash becomes a BundleError naming the signal instead of killing the agent (or a whole
     `score` batch). The child imports only numpy and the interpreter module this process
-    chose (about 0.2 s, not the 1.4 s of device.runtime with scipy). A child that fails
-    with a Python error says nothing here: loading in process then reports that error.
+    chose (about 0.2 s, not the 1.4 s of device.runtime with scipy). An error the
+    interpreter raises in the child refuses the model too, with the interpreter's words. A
+    child that fails otherwise says nothing here: loading in process then reports that error.
     """
     from device.bundle import load_bundle
     from device.runtime import find_interpreter
@@ -137,7 +145,7 @@ def probe_model(
     runtime = find_interpreter()
     try:
         child = subprocess.run(
-            [sys.executable, "-c", _PROBE, runtime.module, str(model_path)],
+            [sys.executable, "-c", _PROBE, runtime.module, str(model_path), str(PROBE_REFUSED)],
             capture_output=True,
             timeout=timeout_s,
             check=False,
@@ -161,6 +169,15 @@ def probe_model(
             f"{model_path}: the model crashed the interpreter ({name}) when run in a probe "
             "process: the model file is damaged or was altered; copy the bundle again from "
             "its source"
+        )
+    if child.returncode == PROBE_REFUSED:
+        # Not loaded again in process: a damaged model that errs in one run can crash the
+        # next one (a byte-flipped fixture model raised "Registration failed." in 9 of 20
+        # probes and died of SIGSEGV in the other 11).
+        reason = child.stdout.decode("utf-8", "replace").strip()[:MAX_PROBE_REASON_CHARS]
+        raise BundleError(
+            f"{model_path}: {runtime.module} cannot load and run the model ({reason}): the "
+            "model file is damaged, was altered, or needs a newer runtime"
         )
     if child.returncode != 0:
         tail = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]

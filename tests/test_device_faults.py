@@ -326,13 +326,18 @@ def test_a_low_fd_limit_and_idle_connections_do_not_end_detection(
 def fuzzed_bundle(source: Path, target: Path, seed: int) -> Path:
     """A copy of the bundle with 16 random bytes of the int8 model overwritten and the
     manifest's sha256 recomputed: the hash check cannot catch it (no signature)."""
-    shutil.copytree(source, target)
-    model = target / "model_int8.tflite"
-    data = bytearray(model.read_bytes())
+    data = bytearray((source / "model_int8.tflite").read_bytes())
     rng = np.random.default_rng(seed)
     for offset in rng.integers(0, len(data), 16):
         data[offset] = int(rng.integers(0, 256))
-    model.write_bytes(bytes(data))
+    return bundle_with_model(source, target, bytes(data))
+
+
+def bundle_with_model(source: Path, target: Path, data: bytes) -> Path:
+    """A copy of the bundle whose int8 model is `data`, its manifest hash recomputed."""
+    shutil.copytree(source, target)
+    model = target / "model_int8.tflite"
+    model.write_bytes(data)
     manifest = json.loads((target / "manifest.json").read_text())
     manifest["files"]["model_int8.tflite"]["sha256"] = hashlib.sha256(data).hexdigest()
     (target / "manifest.json").write_text(json.dumps(manifest))
@@ -341,6 +346,33 @@ def fuzzed_bundle(source: Path, target: Path, seed: int) -> Path:
 
 CRASHES_WANTED = 2
 FUZZ_SEEDS = range(30)
+
+
+def test_a_model_the_interpreter_rejects_is_refused_in_the_interpreters_words(
+    fixture_bundle: Path, tmp_path: Path
+) -> None:
+    """Before: the probe's child failed with the interpreter's ValueError / RuntimeError, and
+    the model was then loaded again in process. One fuzzed model raised "Registration failed."
+    in 9 of 20 probes and died of SIGSEGV in the other 11, so the second load could kill the
+    batch (CI failed on it). A model with the wrong file identifier is rejected every time."""
+    audio = write_wav(tmp_path / "a.wav", scenario(16000), 16000)
+    data = bytearray((fixture_bundle / "model_int8.tflite").read_bytes())
+    assert data[4:8] == b"TFL3"  # the flatbuffer's file identifier
+    data[4:8] = b"XXXX"
+    bundle = bundle_with_model(fixture_bundle, tmp_path / "bundle", bytes(data))
+    out = subprocess.run(
+        [sys.executable, "-m", "device", "score", str(audio), "--bundle", str(bundle)],
+        cwd=REPO,
+        env=device_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    assert "Traceback" not in out.stderr
+    assert "cannot load and run the model (" in out.stderr  # the probe's refusal, not a reload
+    assert "model identifier 'XXXX', should be 'TFL3'" in out.stderr  # the interpreter's words
 
 
 def test_a_model_that_crashes_the_interpreter_is_refused(
