@@ -103,9 +103,17 @@ Interpreter = importlib.import_module(sys.argv[1]).Interpreter
 try:
     interpreter = Interpreter(model_path=sys.argv[2])
     interpreter.allocate_tensors()
-    for detail in interpreter.get_input_details():
-        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
-    interpreter.invoke()
+    rng = np.random.default_rng(0)
+    for fill in ("zeros", "noise"):  # silence, then values across the input type's range
+        for detail in interpreter.get_input_details():
+            x = np.zeros(detail["shape"], dtype=detail["dtype"])
+            if fill == "noise" and np.issubdtype(x.dtype, np.integer):
+                info = np.iinfo(x.dtype)
+                x[...] = rng.integers(info.min, int(info.max) + 1, x.shape)
+            elif fill == "noise":
+                x[...] = rng.uniform(-1.0, 1.0, x.shape)
+            interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
 except (ValueError, RuntimeError) as error:
     print(" ".join(str(error).split()))  # stdout: the runtime's own logs go to stderr
     sys.exit(int(sys.argv[3]))
@@ -124,7 +132,8 @@ def probe_model(
     timeout_s: float = PROBE_TIMEOUT_S,
     public_key: str | Path | None = None,
 ) -> None:
-    """Load the bundle's model and run it once in a child process first.
+    """Load the bundle's model and run it in a child process first: on silence, then on
+    noise across the input type's range.
 
     A damaged or tampered model (its manifest hash recomputed) can crash the interpreter
     outright: 21 of 30 byte-flipped fixture models died of SIGSEGV or SIGBUS. In a child the
