@@ -380,8 +380,9 @@ def test_a_model_that_crashes_the_interpreter_is_refused(
 ) -> None:
     """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file).
 
-    Which corruptions crash LiteRT 2.3 depends on the fixture model's bytes (21 of seeds 0-29
-    crashed it on one conversion, 17 on the next), so the test fuzzes seeds in order until two
+    Which corruptions crash LiteRT 2.1 (`.venv`) depends on the fixture model's bytes (21 of
+    seeds 0-29 crashed it on one conversion, 17 on the next; LiteRT 2.3 verifies the flatbuffer
+    and rejects all 30 with an error), so the test fuzzes seeds in order until two
     have crashed it, and fails if fewer than two of 30 do. Every seed on the way must end
     cleanly too: scored (exit 0) or refused with a message (exit 2), never a traceback or a
     signal. Which signal a corrupted model dies of depends on where its bad offsets land in
