@@ -38,7 +38,7 @@ from device.config import (
     load_settings,
     override,
 )
-from device.runtime import MODEL_FORMATS, InterpreterUnavailableError
+from device.runtime import MODEL_FORMATS, InterpreterUnavailableError, Scorer
 
 log = logging.getLogger("device.cli")
 
@@ -516,7 +516,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_device_calibration,
     )
     from device.config import DeviceCalibrationSettings
-    from device.runtime import Scorer
     from device.sources import SourceError, c_stderr_to_debug
     from device.stream import StreamPipeline
 
@@ -538,10 +537,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if not settings.model.bundle:
             raise ConfigError("no bundle: give --bundle DIR or [model] bundle in --config")
         m = settings.model
-        with c_stderr_to_debug("LiteRT and PortAudio"):
-            scorer = Scorer(
-                m.bundle, m.model_format, m.num_threads, silence_floor_dbfs=m.silence_floor_dbfs
-            )
+        scorer = _calibration_scorer(settings)
+        with c_stderr_to_debug("PortAudio"):
             stream_source = build_source(settings)
         manifest = scorer.bundle.manifest
         bundle_threshold = manifest.threshold.value
@@ -584,6 +581,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     lines = _calibration_lines(scores, choice, decision, manifest, args, config)
     print("\n".join(lines), flush=True)
     return EXIT_OK
+
+
+def _calibration_scorer(settings: Settings) -> Scorer:
+    """The bundle's Scorer for `calibrate`, after the checks `score` and `listen` make: the
+    signature when a public key is set, and the model run in a probe process first (a damaged
+    model is refused with a message instead of crashing the command)."""
+    from device.agent import probe_model
+    from device.sources import c_stderr_to_debug
+
+    m = settings.model
+    probe_model(m.bundle, m.model_format, public_key=m.public_key or None)
+    with c_stderr_to_debug("LiteRT"):
+        return Scorer(
+            m.bundle, m.model_format, m.num_threads, silence_floor_dbfs=m.silence_floor_dbfs
+        )
 
 
 def _calibration_source(args: argparse.Namespace) -> dict[str, Any]:

@@ -375,10 +375,21 @@ def test_a_model_the_interpreter_rejects_is_refused_in_the_interpreters_words(
     assert "model identifier 'XXXX', should be 'TFL3'" in out.stderr  # the interpreter's words
 
 
+def command_for(command: str, audio: Path, bundle: Path, tmp_path: Path) -> list[str]:
+    """`clad-agent score` of one file, or `calibrate` on it, with this bundle."""
+    if command == "score":
+        return [sys.executable, "-m", "device", "score", str(audio), "--bundle", str(bundle)]
+    config = tmp_path / f"{bundle.name}.toml"
+    calibrate = [sys.executable, "-m", "device", "calibrate", "--config", str(config)]
+    return [*calibrate, "--source", str(audio), "--bundle", str(bundle)]
+
+
+@pytest.mark.parametrize("command", ["score", "calibrate"])
 def test_a_model_that_crashes_the_interpreter_is_refused(
-    fixture_bundle: Path, tmp_path: Path
+    command: str, fixture_bundle: Path, tmp_path: Path
 ) -> None:
-    """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file).
+    """Before: `clad-agent score` died of the signal (exit -11 / -7, no line for any file), and
+    `calibrate` loaded the model with no probe at all.
 
     Which corruptions crash LiteRT 2.1 (`.venv`) depends on the fixture model's bytes (21 of
     seeds 0-29 crashed it on one conversion, 17 on the next; LiteRT 2.3 verifies the flatbuffer
@@ -394,7 +405,7 @@ def test_a_model_that_crashes_the_interpreter_is_refused(
     for seed in FUZZ_SEEDS:
         bundle = fuzzed_bundle(fixture_bundle, tmp_path / f"bundle-{seed}", seed)
         out = subprocess.run(
-            [sys.executable, "-m", "device", "score", str(audio), "--bundle", str(bundle)],
+            command_for(command, audio, bundle, tmp_path),
             cwd=REPO,
             env=device_env(),
             capture_output=True,

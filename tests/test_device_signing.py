@@ -1,5 +1,5 @@
-"""Signed bundles: Ed25519 over manifest.json, checked by `clad-agent score/listen` when a
-public key is configured. Real keys, a real bundle copy, the real CLI in a subprocess."""
+"""Signed bundles: Ed25519 over manifest.json, checked by `clad-agent score/listen/calibrate`
+when a public key is configured. Real keys, a real bundle copy, the real CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -79,6 +79,26 @@ def test_score_refuses_an_unsigned_or_changed_bundle_when_given_a_public_key(
     assert b"unsigned bundle" in done.stderr and b"device.signing sign" in done.stderr
     # without a key configured, signatures are not required
     assert run_device(["score", str(audio), "--bundle", str(bundle)]).returncode == 0
+
+
+def test_calibrate_refuses_an_unsigned_bundle_when_the_settings_name_a_public_key(
+    signed: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """`calibrate` has no --public-key flag: `[model] public_key` in its settings file asks
+    for the check, as it does for `listen`."""
+    bundle, _private, public_key = signed
+    audio = write_wav(tmp_path / "room.wav", scenario(16000), 16000)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[model]\npublic_key = "{public_key}"\n')
+    args = ["calibrate", "--config", str(config), "--source", str(audio), "--bundle", str(bundle)]
+    done = run_device(args)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "[device_calibration]" in config.read_text()
+
+    (bundle / SIGNATURE_NAME).unlink()
+    done = run_device(args)
+    assert done.returncode == 2, done.stderr.decode()[-2000:]
+    assert b"unsigned bundle" in done.stderr and b"device.signing sign" in done.stderr
 
 
 def test_the_cli_signs_and_verifies(signed: tuple[Path, Path, Path], tmp_path: Path) -> None:
